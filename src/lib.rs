@@ -1,0 +1,3 @@
+//! pgbackfill: zero-downtime, resumable, throttled batched backfills for live PostgreSQL.
+
+pub mod spec;

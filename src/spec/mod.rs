@@ -1,0 +1,180 @@
+//! Job specs: the public YAML contract operators write, one file per job.
+//!
+//! This module is the only place that knows YAML (serde_yaml is archived upstream; swapping it must
+//! stay a change inside this module). It parses, applies defaults and validates *offline*: everything
+//! that needs the database (does the table exist, is the key unique) lives in `catalog` / `check`.
+
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use load::{LoadReport, LoadedJob, load_paths, parse_str};
+pub use validate::Problem;
+
+/// One backfill job, exactly as written in its YAML file (after defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "pgbackfill job spec")]
+pub struct JobSpec {
+    /// Unique job name: `[a-z0-9][a-z0-9_-]*`, at most 63 characters. Progress is keyed by it.
+    pub name: String,
+    /// Table to backfill, optionally schema-qualified (`public.orders`, `"Weird"."Name"`).
+    pub table: String,
+    /// Key columns walked by the keyset cursor. Default: the table's primary key. Must be NOT NULL
+    /// and the leading columns of a unique btree index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Vec<String>>,
+    /// Column -> SQL expression assigned by each batch. At least one; never a key column.
+    pub set: BTreeMap<String, String>,
+    /// Optional SQL predicate: the rows that still need the change. Applied inside each key slice.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub where_: Option<String>,
+    #[serde(default)]
+    pub batch: BatchSpec,
+    #[serde(default)]
+    pub timeouts: TimeoutSpec,
+    #[serde(default)]
+    pub throttle: ThrottleSpec,
+    /// Workers on disjoint key ranges of this job.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: i64,
+}
+
+/// Batch sizing. Sizes are signed so that a negative value reaches `validate` and gets a
+/// readable message instead of a serde type error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Rows per batch (the starting size when `target_time` is set).
+    #[serde(default = "default_batch_size")]
+    pub size: i64,
+    /// Smallest size the adaptive controller (and timeout halving) may use.
+    #[serde(default = "default_min_size")]
+    pub min_size: i64,
+    /// Largest size the adaptive controller may use.
+    #[serde(default = "default_max_size")]
+    pub max_size: i64,
+    /// Steer the batch size toward this duration per batch (e.g. `500ms`).
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub target_time: Option<Duration>,
+    /// Sleep between batches.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub pause: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSpec {
+    /// `SET LOCAL lock_timeout` for every batch: a batch waiting on a lock gives up instead of
+    /// queueing the application's queries behind it.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub lock: Duration,
+    /// `SET LOCAL statement_timeout` for every batch; on timeout the batch is halved and retried.
+    #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub statement: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleSpec {
+    /// Pause while any standby's replay lag exceeds this.
+    #[serde(default = "default_max_lag", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_lag: Duration,
+    /// Resume once the lag is below this. Default: `max_lag / 2`.
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub resume_lag: Option<Duration>,
+    /// Pause while any standby is more than this many bytes of WAL behind (`16MB`, `1GiB`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub max_lag_bytes: Option<ByteSize>,
+    /// Pause while fewer standbys than this are streaming.
+    #[serde(default)]
+    pub min_replicas: i64,
+    /// Pause while any replication slot retains more WAL than this (a lagging CDC consumer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub max_slot_retained_bytes: Option<ByteSize>,
+    /// Pause while the oldest open transaction is older than this (it holds back vacuum).
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub max_transaction_age: Option<Duration>,
+}
+
+fn default_concurrency() -> i64 {
+    1
+}
+fn default_batch_size() -> i64 {
+    1_000
+}
+fn default_min_size() -> i64 {
+    100
+}
+fn default_max_size() -> i64 {
+    100_000
+}
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_lag() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        Self {
+            size: default_batch_size(),
+            min_size: default_min_size(),
+            max_size: default_max_size(),
+            target_time: None,
+            pause: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for TimeoutSpec {
+    fn default() -> Self {
+        Self { lock: default_lock_timeout(), statement: default_statement_timeout() }
+    }
+}
+
+impl Default for ThrottleSpec {
+    fn default() -> Self {
+        Self {
+            max_lag: default_max_lag(),
+            resume_lag: None,
+            max_lag_bytes: None,
+            min_replicas: 0,
+            max_slot_retained_bytes: None,
+            max_transaction_age: None,
+        }
+    }
+}
+
+impl ThrottleSpec {
+    /// The lag below which a throttled job resumes (hysteresis).
+    pub fn effective_resume_lag(&self) -> Duration {
+        self.resume_lag.unwrap_or(self.max_lag / 2)
+    }
+}
+
+impl JobSpec {
+    /// The JSON Schema editors use to validate job YAML (`jobs/schema.json`).
+    pub fn json_schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(JobSpec)).unwrap_or_default()
+    }
+}
