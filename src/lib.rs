@@ -1,4 +1,7 @@
 //! pgbackfill: zero-downtime, resumable, throttled batched backfills for live PostgreSQL.
 
+pub mod batch;
+pub mod catalog;
+pub mod db;
 pub mod ident;
 pub mod spec;

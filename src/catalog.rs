@@ -1,0 +1,242 @@
+//! Resolving a spec against the database catalog: which table, which key, which types.
+//!
+//! The keyset walk is only correct when the key is unique and NOT NULL (a duplicate or NULL key
+//! makes `(k) > cursor` skip or repeat rows), and only cheap when a btree index on the key serves
+//! `ORDER BY key`. Both are checked here, from the catalog, before any batch runs.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use crate::batch::{KeyColumn, Target};
+use crate::ident::{QualifiedName, parse_ident, parse_qualified, quote_ident};
+use crate::spec::JobSpec;
+
+/// A problem found in the catalog, tied to the spec field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub field: String,
+    pub message: String,
+    pub hint: String,
+}
+
+impl Finding {
+    fn new(field: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into(), hint: hint.into() }
+    }
+}
+
+/// A spec resolved against the catalog: ready to generate SQL and to run.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub target: Target,
+    /// The unique btree index the keyset walks.
+    pub key_index: String,
+    /// `pg_class.reltuples`-based estimate, for progress percentages (never exact on purpose).
+    pub estimated_rows: i64,
+    /// What the job *means*: table, key, set, where. A change here on a job that has progress is refused.
+    pub meaning: serde_json::Value,
+    pub fingerprint: String,
+}
+
+#[derive(Debug)]
+struct Column {
+    sql_type: String,
+    not_null: bool,
+}
+
+/// Errors talking to the database, as opposed to problems with the spec.
+pub type DbError = sqlx::Error;
+
+/// Resolve a spec. `Ok(Err(findings))` means the database answered and the spec is wrong.
+pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Result<Resolved, Vec<Finding>>, DbError> {
+    let mut findings = Vec::new();
+    let Ok(name) = parse_qualified(&spec.table) else {
+        // Offline validation reports the syntax; nothing to look up.
+        return Ok(Err(vec![Finding::new(
+            "table",
+            format!("`{}` is not a valid table name", spec.table),
+            "see `pgbackfill check` offline output",
+        )]));
+    };
+    let row: Option<(i64, String, String, String, f64)> = sqlx::query_as(
+        "SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text, c.reltuples::float8 \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.oid = to_regclass($1)",
+    )
+    .bind(name.quoted())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((oid, schema, relname, relkind, reltuples)) = row else {
+        return Ok(Err(vec![Finding::new(
+            "table",
+            format!("table {} does not exist (or is not visible on the search_path)", name.quoted()),
+            "check the spelling; qualify it with its schema (`schema.table`); quote mixed-case names",
+        )]));
+    };
+    if relkind != "r" && relkind != "p" {
+        return Ok(Err(vec![Finding::new(
+            "table",
+            format!("{} is not a table (relkind {relkind})", name.quoted()),
+            "backfill the underlying table",
+        )]));
+    }
+    let table = QualifiedName { schema: Some(schema), name: relname };
+
+    let mut columns = BTreeMap::new();
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute \
+         WHERE attrelid = $1::oid AND attnum > 0 AND NOT attisdropped",
+    )
+    .bind(oid)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (col, sql_type, not_null) in rows {
+        columns.insert(col, Column { sql_type, not_null });
+    }
+
+    let key_names: Vec<String> = match &spec.key {
+        Some(cols) => cols.iter().filter_map(|c| parse_ident(c).ok()).collect(),
+        None => {
+            let pk: Option<Vec<String>> = sqlx::query_scalar(
+                "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+                 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = $1::oid AND i.indisprimary AND k.ord <= i.indnkeyatts",
+            )
+            .bind(oid)
+            .fetch_one(&mut *conn)
+            .await?;
+            match pk {
+                Some(pk) => pk,
+                None => {
+                    findings.push(Finding::new(
+                        "key",
+                        format!("{} has no primary key", table.quoted()),
+                        "set `key:` to the columns of a unique, NOT NULL btree index",
+                    ));
+                    Vec::new()
+                }
+            }
+        }
+    };
+
+    let mut key = Vec::new();
+    for (i, k) in key_names.iter().enumerate() {
+        let field = format!("key[{i}]");
+        match columns.get(k) {
+            None => findings.push(Finding::new(
+                field,
+                format!("column {} does not exist in {}", quote_ident(k), table.quoted()),
+                "name an existing column; quote mixed-case names",
+            )),
+            Some(c) => {
+                if !c.not_null {
+                    findings.push(Finding::new(
+                        field,
+                        format!(
+                            "key column {} is nullable: rows with a NULL key would never be visited",
+                            quote_ident(k)
+                        ),
+                        "use NOT NULL key columns (ALTER TABLE … ALTER COLUMN … SET NOT NULL) or another unique key",
+                    ));
+                }
+                key.push(KeyColumn { name: k.clone(), sql_type: c.sql_type.clone() });
+            }
+        }
+    }
+
+    let mut key_index = String::new();
+    if !key.is_empty() && key.len() == key_names.len() {
+        // A unique, valid, non-partial btree index whose key columns are exactly ours, in order.
+        let idx: Option<String> = sqlx::query_scalar(
+            "SELECT ic.relname::text FROM pg_index i \
+             JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
+             WHERE i.indrelid = $1::oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL \
+               AND i.indexprs IS NULL AND am.amname = 'btree' AND i.indnkeyatts = cardinality($2::text[]) \
+               AND (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.ord <= i.indnkeyatts) = $2::text[] \
+             ORDER BY i.indisprimary DESC, ic.relname LIMIT 1",
+        )
+        .bind(oid)
+        .bind(&key_names)
+        .fetch_optional(&mut *conn)
+        .await?;
+        match idx {
+            Some(i) => key_index = i,
+            None => findings.push(Finding::new(
+                "key",
+                format!(
+                    "no unique btree index on ({}) of {}: a non-unique key makes the keyset walk skip or repeat rows",
+                    key_names.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", "),
+                    table.quoted()
+                ),
+                "use the primary key, or CREATE UNIQUE INDEX CONCURRENTLY on exactly these columns in this order",
+            )),
+        }
+    }
+
+    let mut set = BTreeMap::new();
+    for (col, expr) in &spec.set {
+        let field = format!("set.{col}");
+        let Ok(c) = parse_ident(col) else { continue };
+        if !columns.contains_key(&c) {
+            findings.push(Finding::new(
+                field,
+                format!("column {} does not exist in {}", quote_ident(&c), table.quoted()),
+                "add the column first (the expand step), or fix the name",
+            ));
+            continue;
+        }
+        if key_names.contains(&c) {
+            findings.push(Finding::new(
+                field,
+                format!("{} is a key column: changing it would move rows under the cursor", quote_ident(&c)),
+                "remove it from `set`, or walk another unique key",
+            ));
+            continue;
+        }
+        let may_update: bool = sqlx::query_scalar("SELECT has_column_privilege($1::oid, $2, 'UPDATE')")
+            .bind(oid)
+            .bind(&c)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !may_update {
+            findings.push(Finding::new(
+                field,
+                format!("the current role may not UPDATE column {}", quote_ident(&c)),
+                format!("GRANT UPDATE ({}) ON {} TO <role>", quote_ident(&c), table.quoted()),
+            ));
+        }
+        set.insert(c, expr.clone());
+    }
+    let may_select: bool =
+        sqlx::query_scalar("SELECT has_table_privilege($1::oid, 'SELECT')").bind(oid).fetch_one(&mut *conn).await?;
+    if !may_select {
+        findings.push(Finding::new(
+            "table",
+            format!("the current role may not SELECT from {}", table.quoted()),
+            format!("GRANT SELECT ON {} TO <role>", table.quoted()),
+        ));
+    }
+
+    if !findings.is_empty() {
+        return Ok(Err(findings));
+    }
+    let target = Target { table, key, set, where_: spec.where_.clone() };
+    let meaning = meaning_of(&target);
+    let fingerprint = hex::encode(Sha256::digest(meaning.to_string().as_bytes()));
+    Ok(Ok(Resolved { target, key_index, estimated_rows: reltuples.max(0.0) as i64, meaning, fingerprint }))
+}
+
+/// The fields that define what a job does. Tuning (batch, timeouts, throttle) is deliberately absent.
+pub fn meaning_of(target: &Target) -> serde_json::Value {
+    serde_json::json!({
+        "table": target.table.quoted(),
+        "key": target.key.iter().map(|k| k.name.clone()).collect::<Vec<_>>(),
+        "set": target.set,
+        "where": target.where_,
+    })
+}
