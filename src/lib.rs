@@ -4,4 +4,8 @@ pub mod batch;
 pub mod catalog;
 pub mod db;
 pub mod ident;
+pub mod progress;
+pub mod retry;
+pub mod sizer;
 pub mod spec;
+pub mod throttle;

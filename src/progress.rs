@@ -1,0 +1,660 @@
+//! The progress table: the only module that knows pgbackfill's own schema.
+//!
+//! Two tables in the daemon's schema (default `pgbackfill`):
+//! - `jobs`: one row per job: what it means (fingerprint), its state, counters and last error;
+//! - `ranges`: one row per key range of a job (one range unless `concurrency > 1`): the range's
+//!   bounds, its cursor, and which daemon holds it (owner, lease, epoch).
+//!
+//! A batch advances its range row *in the batch's own transaction* ([`Progress::lock_range`] at the
+//! start, [`Progress::advance`] at the end), so a crash at any instant either keeps both the rows and
+//! the cursor or neither: no row skipped, none done twice. The range row is locked and its owner and
+//! epoch compared first, so a daemon that lost its lease can never commit a batch.
+//!
+//! Migrations are versioned, run at start-up under a transaction-scoped advisory lock, and are
+//! idempotent, so any number of daemons may start at once.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use thiserror::Error;
+
+use crate::batch::KeyValue;
+use crate::ident::quote_ident;
+
+/// Versioned migrations; `{schema}` is replaced by the quoted schema name. Never edit a released
+/// entry: append a new one.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE {schema}.jobs (
+    name              text PRIMARY KEY,
+    fingerprint       text NOT NULL,
+    meaning           jsonb NOT NULL,
+    spec              jsonb NOT NULL,
+    state             text NOT NULL DEFAULT 'pending'
+                      CHECK (state IN ('pending','running','paused','completed','failed','cancelled')),
+    planned           boolean NOT NULL DEFAULT false,
+    estimated_rows    bigint,
+    leftover_rows     bigint,
+    last_error        text,
+    throttle_reason   text,
+    throttled_seconds double precision NOT NULL DEFAULT 0,
+    paused_seconds    double precision NOT NULL DEFAULT 0,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    started_at        timestamptz,
+    finished_at       timestamptz,
+    state_changed_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {schema}.ranges (
+    job           text NOT NULL REFERENCES {schema}.jobs(name) ON DELETE CASCADE,
+    range_no      integer NOT NULL,
+    lower_bound   text[],
+    upper_bound   text[] NOT NULL,
+    cursor        text[],
+    done          boolean NOT NULL DEFAULT false,
+    rows_updated  bigint NOT NULL DEFAULT 0,
+    rows_scanned  bigint NOT NULL DEFAULT 0,
+    batches       bigint NOT NULL DEFAULT 0,
+    batch_size    bigint,
+    owner         text,
+    lease_until   timestamptz,
+    epoch         bigint NOT NULL DEFAULT 0,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, range_no)
+);
+COMMENT ON SCHEMA {schema} IS 'pgbackfill progress: job state and keyset cursors. Managed by pgbackfill.';
+"#,
+)];
+
+#[derive(Debug, Error)]
+pub enum ProgressError {
+    #[error("database error on the progress table: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(
+        "job `{name}` already has progress for a different meaning ({field} changed: was {was}, now {now}); \
+         rename the job to start a new backfill, or run `pgbackfill reset {name}` to start this one over"
+    )]
+    MeaningChanged { name: String, field: String, was: String, now: String },
+    #[error("no job named `{0}` in the progress table")]
+    NoSuchJob(String),
+    #[error("job `{name}` is {state}; cannot {action} it")]
+    BadTransition { name: String, state: State, action: &'static str },
+}
+
+/// A job's lifecycle: pending → running ⇄ paused → completed | failed | cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> State {
+        match s {
+            "running" => State::Running,
+            "paused" => State::Paused,
+            "completed" => State::Completed,
+            "failed" => State::Failed,
+            "cancelled" => State::Cancelled,
+            _ => State::Pending,
+        }
+    }
+
+    /// Completed, failed and cancelled jobs are left alone by daemons.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, State::Completed | State::Failed | State::Cancelled)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job row, with its ranges' counters summed.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub name: String,
+    pub state: State,
+    pub planned: bool,
+    pub fingerprint: String,
+    pub estimated_rows: Option<i64>,
+    pub leftover_rows: Option<i64>,
+    pub last_error: Option<String>,
+    pub throttle_reason: Option<String>,
+    pub throttled_seconds: f64,
+    pub paused_seconds: f64,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub state_changed_at: DateTime<Utc>,
+    pub rows_updated: i64,
+    pub rows_scanned: i64,
+    pub batches: i64,
+    pub ranges: i64,
+    pub ranges_done: i64,
+    pub owners: Vec<String>,
+    pub now: DateTime<Utc>,
+}
+
+/// One key range of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct RangeRow {
+    pub range_no: i32,
+    pub lower_bound: Option<KeyValue>,
+    pub upper_bound: KeyValue,
+    pub cursor: Option<KeyValue>,
+    pub done: bool,
+    pub rows_updated: i64,
+    pub rows_scanned: i64,
+    pub batches: i64,
+    pub batch_size: Option<i64>,
+    pub owner: Option<String>,
+}
+
+/// Proof that this daemon holds a range: every batch re-checks it under the range row's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub job: String,
+    pub range_no: i32,
+    pub owner: String,
+    pub epoch: i64,
+}
+
+/// What a batch sees after locking its range row.
+#[derive(Debug, Clone)]
+pub struct Locked {
+    pub job_state: State,
+    pub cursor: Option<KeyValue>,
+    pub lower_bound: Option<KeyValue>,
+    pub upper_bound: KeyValue,
+    pub batch_size: Option<i64>,
+    pub done: bool,
+}
+
+/// Handle on the progress schema. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pool: PgPool,
+    schema: String,
+    schema_raw: String,
+}
+
+type Tx<'a> = Transaction<'a, Postgres>;
+
+impl Progress {
+    pub fn new(pool: PgPool, schema: &str) -> Self {
+        Self { pool, schema: quote_ident(schema), schema_raw: schema.to_string() }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Our SQL with the schema spliced in. The schema is always a quoted identifier, which is why
+    /// asserting the string safe is sound.
+    fn sql(&self, text: &str) -> AssertSqlSafe<String> {
+        AssertSqlSafe(text.replace("{schema}", &self.schema))
+    }
+
+    /// Create or upgrade the schema. Safe to run concurrently from many daemons.
+    pub async fn migrate(&self) -> Result<(), ProgressError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pgbackfill.migrate:' || $1))")
+            .bind(&self.schema_raw)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(self.sql("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut *tx).await?;
+        sqlx::query(self.sql(
+            "CREATE TABLE IF NOT EXISTS {schema}.migrations (version integer PRIMARY KEY, \
+             applied_at timestamptz NOT NULL DEFAULT now())",
+        ))
+        .execute(&mut *tx)
+        .await?;
+        let applied: Vec<i32> =
+            sqlx::query_scalar(self.sql("SELECT version FROM {schema}.migrations")).fetch_all(&mut *tx).await?;
+        for (version, body) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            sqlx::raw_sql(self.sql(body)).execute(&mut *tx).await?;
+            sqlx::query(self.sql("INSERT INTO {schema}.migrations (version) VALUES ($1)"))
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+            tracing::info!(version, schema = %self.schema_raw, "applied progress-table migration");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record a job (new: pending), or check that an existing one still means the same thing.
+    /// Tuning fields are refreshed; a change of meaning is refused.
+    pub async fn register(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        meaning: &serde_json::Value,
+        spec: &serde_json::Value,
+        estimated_rows: i64,
+    ) -> Result<JobRow, ProgressError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(self.sql(
+            "INSERT INTO {schema}.jobs (name, fingerprint, meaning, spec, estimated_rows) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+        ))
+        .bind(name)
+        .bind(fingerprint)
+        .bind(meaning)
+        .bind(spec)
+        .bind(estimated_rows)
+        .execute(&mut *tx)
+        .await?;
+        let (was_fp, was_meaning): (String, serde_json::Value) =
+            sqlx::query_as(self.sql("SELECT fingerprint, meaning FROM {schema}.jobs WHERE name = $1 FOR UPDATE"))
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+        if was_fp != fingerprint {
+            let field = ["table", "key", "set", "where"]
+                .into_iter()
+                .find(|f| was_meaning.get(f) != meaning.get(f))
+                .unwrap_or("meaning");
+            let show = |v: Option<&serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "null".into());
+            return Err(ProgressError::MeaningChanged {
+                name: name.to_string(),
+                field: field.to_string(),
+                was: show(was_meaning.get(field)),
+                now: show(meaning.get(field)),
+            });
+        }
+        sqlx::query(self.sql("UPDATE {schema}.jobs SET spec = $2, updated_at = now() WHERE name = $1"))
+            .bind(name)
+            .bind(spec)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.job(name).await?.ok_or_else(|| ProgressError::NoSuchJob(name.to_string()))
+    }
+
+    /// Fix a job's key ranges, once. Returns false when another daemon planned it first.
+    /// `ranges` is empty for an empty table: the job is then completed at once.
+    pub async fn plan(&self, name: &str, ranges: &[(Option<KeyValue>, KeyValue)]) -> Result<bool, ProgressError> {
+        let mut tx = self.pool.begin().await?;
+        let planned: Option<bool> =
+            sqlx::query_scalar(self.sql("SELECT planned FROM {schema}.jobs WHERE name = $1 FOR UPDATE"))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match planned {
+            None => return Err(ProgressError::NoSuchJob(name.to_string())),
+            Some(true) => return Ok(false),
+            Some(false) => {}
+        }
+        for (i, (lower, upper)) in ranges.iter().enumerate() {
+            sqlx::query(self.sql(
+                "INSERT INTO {schema}.ranges (job, range_no, lower_bound, upper_bound, cursor) VALUES ($1, $2, $3, $4, $3)",
+            ))
+            .bind(name)
+            .bind(i as i32)
+            .bind(lower)
+            .bind(upper)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET planned = true, started_at = coalesce(started_at, now()), \
+             state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
+             state_changed_at = CASE WHEN state = 'pending' THEN now() ELSE state_changed_at END, \
+             updated_at = now() WHERE name = $1",
+        ))
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Claim a range nobody holds (or whose holder's lease expired). The epoch increments on
+    /// every change of hands, which fences off the previous holder's in-flight batch.
+    pub async fn claim(&self, job: &str, owner: &str, lease: Duration) -> Result<Option<Claim>, ProgressError> {
+        let row: Option<(i32, i64)> = sqlx::query_as(self.sql(
+            "UPDATE {schema}.ranges r SET owner = $2, lease_until = now() + $3 * interval '1 millisecond', \
+             epoch = epoch + 1, updated_at = now() \
+             WHERE (r.job, r.range_no) = ( \
+                SELECT r2.job, r2.range_no FROM {schema}.ranges r2 JOIN {schema}.jobs j ON j.name = r2.job \
+                WHERE r2.job = $1 AND NOT r2.done AND j.state IN ('running', 'paused') \
+                  AND (r2.owner IS NULL OR r2.lease_until < now()) \
+                ORDER BY r2.range_no LIMIT 1 FOR UPDATE OF r2 SKIP LOCKED) \
+             RETURNING r.range_no, r.epoch",
+        ))
+        .bind(job)
+        .bind(owner)
+        .bind(lease.as_millis() as f64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(range_no, epoch)| Claim { job: job.to_string(), range_no, owner: owner.to_string(), epoch }))
+    }
+
+    /// Extend every lease this daemon holds. Returns how many ranges it still holds.
+    pub async fn renew(&self, owner: &str, lease: Duration) -> Result<u64, ProgressError> {
+        let r = sqlx::query(self.sql(
+            "UPDATE {schema}.ranges SET lease_until = now() + $2 * interval '1 millisecond' \
+             WHERE owner = $1 AND NOT done",
+        ))
+        .bind(owner)
+        .bind(lease.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Give a range back (on shutdown or pause) so another daemon need not wait for the lease.
+    pub async fn release(&self, claim: &Claim) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.ranges SET owner = NULL, lease_until = NULL \
+             WHERE job = $1 AND range_no = $2 AND owner = $3 AND epoch = $4",
+        ))
+        .bind(&claim.job)
+        .bind(claim.range_no)
+        .bind(&claim.owner)
+        .bind(claim.epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// First statement of a batch transaction: lock our range row and prove we still hold it.
+    /// `None` means the claim is gone (lease taken over, job reset): drop the batch.
+    pub async fn lock_range(&self, tx: &mut Tx<'_>, claim: &Claim) -> Result<Option<Locked>, ProgressError> {
+        type Row = (String, Option<Vec<String>>, Option<Vec<String>>, Vec<String>, Option<i64>, bool);
+        let row: Option<Row> = sqlx::query_as(self.sql(
+            "SELECT j.state, r.cursor, r.lower_bound, r.upper_bound, r.batch_size, r.done \
+             FROM {schema}.ranges r JOIN {schema}.jobs j ON j.name = r.job \
+             WHERE r.job = $1 AND r.range_no = $2 AND r.owner = $3 AND r.epoch = $4 FOR UPDATE OF r",
+        ))
+        .bind(&claim.job)
+        .bind(claim.range_no)
+        .bind(&claim.owner)
+        .bind(claim.epoch)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.map(|(state, cursor, lower_bound, upper_bound, batch_size, done)| Locked {
+            job_state: State::parse(&state),
+            cursor,
+            lower_bound,
+            upper_bound,
+            batch_size,
+            done,
+        }))
+    }
+
+    /// Last statement of a batch transaction: move the cursor and counters.
+    pub async fn advance(
+        &self,
+        tx: &mut Tx<'_>,
+        claim: &Claim,
+        cursor: Option<&KeyValue>,
+        scanned: i64,
+        updated: i64,
+        done: bool,
+        batch_size: i64,
+    ) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.ranges SET cursor = coalesce($5, cursor), rows_scanned = rows_scanned + $6, \
+             rows_updated = rows_updated + $7, batches = batches + 1, done = $8, batch_size = $9, \
+             updated_at = now(), owner = CASE WHEN $8 THEN NULL ELSE owner END \
+             WHERE job = $1 AND range_no = $2 AND owner = $3 AND epoch = $4",
+        ))
+        .bind(&claim.job)
+        .bind(claim.range_no)
+        .bind(&claim.owner)
+        .bind(claim.epoch)
+        .bind(cursor)
+        .bind(scanned)
+        .bind(updated)
+        .bind(done)
+        .bind(batch_size)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Mark a range finished outside a batch (e.g. it turned out empty).
+    pub async fn finish_range(&self, claim: &Claim) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.ranges SET done = true, owner = NULL, updated_at = now() \
+             WHERE job = $1 AND range_no = $2 AND owner = $3 AND epoch = $4",
+        ))
+        .bind(&claim.job)
+        .bind(claim.range_no)
+        .bind(&claim.owner)
+        .bind(claim.epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether every range of a job is done.
+    pub async fn all_ranges_done(&self, name: &str) -> Result<bool, ProgressError> {
+        let open: i64 = sqlx::query_scalar(self.sql("SELECT count(*) FROM {schema}.ranges WHERE job = $1 AND NOT done"))
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(open == 0)
+    }
+
+    /// running → completed, storing the verification count. Idempotent across daemons.
+    pub async fn complete(&self, name: &str, leftover_rows: Option<i64>) -> Result<bool, ProgressError> {
+        let r = sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET state = 'completed', leftover_rows = $2, finished_at = now(), \
+             state_changed_at = now(), updated_at = now(), throttle_reason = NULL \
+             WHERE name = $1 AND state = 'running' \
+               AND NOT EXISTS (SELECT 1 FROM {schema}.ranges WHERE job = $1 AND NOT done)",
+        ))
+        .bind(name)
+        .bind(leftover_rows)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// A permanent error: the job stops with the error stored for `status`.
+    pub async fn fail(&self, name: &str, error: &str) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET state = 'failed', last_error = $2, finished_at = now(), \
+             state_changed_at = now(), updated_at = now() WHERE name = $1 AND state IN ('pending', 'running', 'paused')",
+        ))
+        .bind(name)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Record a transient error without changing state (shown by `status` while retrying).
+    pub async fn note_error(&self, name: &str, error: Option<&str>) -> Result<(), ProgressError> {
+        sqlx::query(self.sql("UPDATE {schema}.jobs SET last_error = $2, updated_at = now() WHERE name = $1"))
+            .bind(name)
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Record why a job is throttled (None: not throttled) and add time spent throttled.
+    pub async fn note_throttle(&self, name: &str, reason: Option<&str>, add_seconds: f64) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET throttle_reason = $2, throttled_seconds = throttled_seconds + $3 WHERE name = $1",
+        ))
+        .bind(name)
+        .bind(reason)
+        .bind(add_seconds)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Operator control: pause, resume, cancel. Acts on the table, so it reaches daemons anywhere.
+    pub async fn transition(&self, name: &str, action: Action) -> Result<State, ProgressError> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar(self.sql("SELECT state FROM {schema}.jobs WHERE name = $1 FOR UPDATE"))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let state = State::parse(&state.ok_or_else(|| ProgressError::NoSuchJob(name.to_string()))?);
+        let to = match (action, state) {
+            (Action::Pause, State::Pending | State::Running) => State::Paused,
+            (Action::Resume, State::Paused | State::Failed) => State::Running,
+            (Action::Cancel, s) if !s.is_terminal() => State::Cancelled,
+            (Action::Pause, State::Paused) | (Action::Resume, State::Running) => return Ok(state),
+            _ => return Err(ProgressError::BadTransition { name: name.to_string(), state, action: action.verb() }),
+        };
+        // Time spent paused counts against the ETA, so it is accumulated when leaving `paused`.
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET \
+             paused_seconds = paused_seconds + CASE WHEN state = 'paused' THEN extract(epoch FROM now() - state_changed_at)::float8 ELSE 0 END, \
+             state = $2, state_changed_at = now(), updated_at = now(), \
+             last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END, \
+             finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE NULL END \
+             WHERE name = $1",
+        ))
+        .bind(name)
+        .bind(to.as_str())
+        .execute(&mut *tx)
+        .await?;
+        // A job paused before it was planned must still be planned when resumed.
+        tx.commit().await?;
+        Ok(to)
+    }
+
+    /// Forget a job's progress entirely: the next daemon scan starts it over.
+    pub async fn reset(&self, name: &str) -> Result<(), ProgressError> {
+        let r = sqlx::query(self.sql("DELETE FROM {schema}.jobs WHERE name = $1")).bind(name).execute(&self.pool).await?;
+        if r.rows_affected() == 0 {
+            return Err(ProgressError::NoSuchJob(name.to_string()));
+        }
+        Ok(())
+    }
+
+    pub async fn job(&self, name: &str) -> Result<Option<JobRow>, ProgressError> {
+        Ok(self.jobs_where(Some(name)).await?.into_iter().next())
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobRow>, ProgressError> {
+        self.jobs_where(None).await
+    }
+
+    async fn jobs_where(&self, name: Option<&str>) -> Result<Vec<JobRow>, ProgressError> {
+        let rows = sqlx::query(self.sql(
+            "SELECT j.name, j.state, j.planned, j.fingerprint, j.estimated_rows, j.leftover_rows, j.last_error, \
+             j.throttle_reason, j.throttled_seconds, j.paused_seconds, j.created_at, j.started_at, j.finished_at, \
+             j.state_changed_at, coalesce(sum(r.rows_updated), 0)::int8 AS rows_updated, \
+             coalesce(sum(r.rows_scanned), 0)::int8 AS rows_scanned, coalesce(sum(r.batches), 0)::int8 AS batches, \
+             count(r.range_no) AS ranges, count(r.range_no) FILTER (WHERE r.done) AS ranges_done, \
+             coalesce(array_agg(DISTINCT r.owner) FILTER (WHERE r.owner IS NOT NULL AND r.lease_until > now()), '{}') AS owners, \
+             now() AS now \
+             FROM {schema}.jobs j LEFT JOIN {schema}.ranges r ON r.job = j.name \
+             WHERE $1::text IS NULL OR j.name = $1 GROUP BY j.name ORDER BY j.name",
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        use sqlx::Row;
+        rows.into_iter()
+            .map(|r| {
+                Ok(JobRow {
+                    name: r.try_get("name")?,
+                    state: State::parse(r.try_get::<&str, _>("state")?),
+                    planned: r.try_get("planned")?,
+                    fingerprint: r.try_get("fingerprint")?,
+                    estimated_rows: r.try_get("estimated_rows")?,
+                    leftover_rows: r.try_get("leftover_rows")?,
+                    last_error: r.try_get("last_error")?,
+                    throttle_reason: r.try_get("throttle_reason")?,
+                    throttled_seconds: r.try_get("throttled_seconds")?,
+                    paused_seconds: r.try_get("paused_seconds")?,
+                    created_at: r.try_get("created_at")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    state_changed_at: r.try_get("state_changed_at")?,
+                    rows_updated: r.try_get("rows_updated")?,
+                    rows_scanned: r.try_get("rows_scanned")?,
+                    batches: r.try_get("batches")?,
+                    ranges: r.try_get("ranges")?,
+                    ranges_done: r.try_get("ranges_done")?,
+                    owners: r.try_get("owners")?,
+                    now: r.try_get("now")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(ProgressError::from)
+    }
+
+    pub async fn ranges(&self, name: &str) -> Result<Vec<RangeRow>, ProgressError> {
+        type Row =
+            (i32, Option<Vec<String>>, Vec<String>, Option<Vec<String>>, bool, i64, i64, i64, Option<i64>, Option<String>);
+        let rows: Vec<Row> = sqlx::query_as(self.sql(
+            "SELECT range_no, lower_bound, upper_bound, cursor, done, rows_updated, rows_scanned, batches, batch_size, owner \
+             FROM {schema}.ranges WHERE job = $1 ORDER BY range_no",
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RangeRow {
+                range_no: r.0,
+                lower_bound: r.1,
+                upper_bound: r.2,
+                cursor: r.3,
+                done: r.4,
+                rows_updated: r.5,
+                rows_scanned: r.6,
+                batches: r.7,
+                batch_size: r.8,
+                owner: r.9,
+            })
+            .collect())
+    }
+}
+
+/// Operator actions on a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Cancel => "cancel",
+        }
+    }
+}
