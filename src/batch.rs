@@ -49,8 +49,8 @@ pub struct Statements {
     pub leftover_after: String,
     /// Same from the first key: binds `upper...`.
     pub leftover_from_start: String,
-    /// Keys of the table in order, for choosing range boundaries: binds `limit`. `{sample}` is
-    /// replaced by a TABLESAMPLE clause or nothing.
+    /// Keys below `upper` in order, for choosing range boundaries: binds `upper..., limit`.
+    /// `{sample}` is replaced by a TABLESAMPLE clause or nothing.
     pub ordered_keys: String,
 }
 
@@ -152,9 +152,11 @@ impl Target {
             ),
             leftover_from_start: format!("SELECT count(*) FROM {table} WHERE {row} <= {}{filter}", self.params(1)),
             ordered_keys: format!(
-                "SELECT {} FROM {table}{{sample}} ORDER BY {} LIMIT $1",
+                "SELECT {} FROM {table}{{sample}} WHERE {row} < {} ORDER BY {} LIMIT ${}",
                 self.key_as_text_array(),
-                self.key_list("")
+                self.params(1),
+                self.key_list(""),
+                n + 1
             ),
         }
     }
@@ -239,7 +241,7 @@ SELECT (SELECT count(*) FROM slice) AS scanned,
             s.leftover_from_start,
             r#"SELECT count(*) FROM "public"."orders" WHERE ("id") <= (CAST($1::text AS bigint)) AND (fulfillment_channel IS NULL)"#
         );
-        assert_eq!(s.ordered_keys, r#"SELECT ARRAY["id"::text] FROM "public"."orders"{sample} ORDER BY "id" LIMIT $1"#);
+        assert_eq!(s.ordered_keys, r#"SELECT ARRAY["id"::text] FROM "public"."orders"{sample} WHERE ("id") < (CAST($1::text AS bigint)) ORDER BY "id" LIMIT $2"#);
     }
 
     #[test]
@@ -249,4 +251,71 @@ SELECT (SELECT count(*) FROM slice) AS scanned,
             assert!(!sql.to_uppercase().contains("OFFSET"), "{sql}");
         }
     }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchResult {
+    /// Keys in the slice (rows examined).
+    pub scanned: i64,
+    /// Rows the UPDATE changed (those matching `where`).
+    pub updated: i64,
+    /// The slice's largest key; `None` when the slice was empty.
+    pub cursor: Option<KeyValue>,
+}
+
+/// Open a batch transaction with the job's timeouts. `SET LOCAL` ends with the transaction, so
+/// nothing leaks into the pooled connection. lock_timeout matters most: without it an UPDATE
+/// queued behind a long lock makes every later query on those rows queue behind *us*.
+pub async fn begin(
+    pool: &sqlx::PgPool,
+    lock_timeout: std::time::Duration,
+    statement_timeout: std::time::Duration,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Integers only: SET takes no bind parameters, and nothing from the spec reaches this string.
+    let set = format!(
+        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'",
+        lock_timeout.as_millis().max(1),
+        statement_timeout.as_millis().max(1)
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *tx).await?;
+    Ok(tx)
+}
+
+/// Run one batch over the slice after `cursor` (from the range start when `None`), up to `upper`.
+pub async fn execute(
+    conn: &mut sqlx::PgConnection,
+    statements: &Statements,
+    cursor: Option<&KeyValue>,
+    upper: &KeyValue,
+    limit: i64,
+) -> Result<BatchResult, sqlx::Error> {
+    let sql = if cursor.is_some() { &statements.next_batch } else { &statements.first_batch };
+    let mut query = sqlx::query_as::<_, (i64, i64, Option<Vec<String>>)>(sqlx::AssertSqlSafe(sql.as_str()));
+    if let Some(c) = cursor {
+        for v in c {
+            query = query.bind(v);
+        }
+    }
+    for v in upper {
+        query = query.bind(v);
+    }
+    let (scanned, updated, cursor) = query.bind(limit).fetch_one(conn).await?;
+    Ok(BatchResult { scanned, updated, cursor })
+}
+
+/// Bind a key value's parts, then run a count statement.
+pub async fn count(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    values: &[&KeyValue],
+) -> Result<i64, sqlx::Error> {
+    let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
+    for value in values {
+        for v in value.iter() {
+            query = query.bind(v);
+        }
+    }
+    query.fetch_one(conn).await
 }

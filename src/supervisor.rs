@@ -1,0 +1,454 @@
+//! The supervisor: loads the jobs directory, registers jobs in the progress table, plans their key
+//! ranges, claims ranges through PostgreSQL and runs a worker per claimed range.
+//!
+//! Any number of daemons may run against one database: a range is worked by whoever holds its lease
+//! (`progress::claim`), leases are renewed every second by one task, and a daemon that dies stops
+//! renewing so another takes over once the lease expires. Every batch re-proves the claim under the
+//! range row's lock, so even a daemon that lost its lease without noticing cannot commit.
+//!
+//! The supervisor rescans the directory every scan interval: new files start, a tuning change
+//! restarts the job's workers with the new settings, a broken file is reported (once per change)
+//! and skipped without touching any other job.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::gauge;
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{self, KeyValue};
+use crate::catalog;
+use crate::metrics as m;
+use crate::progress::{Progress, ProgressError, State};
+use crate::spec::{self, JobSpec};
+use crate::worker::{self, Context, Job, RangeOutcome};
+
+/// Daemon settings that are not per job.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub jobs_dir: PathBuf,
+    /// Jobs this daemon runs at once (a job with several ranges counts once).
+    pub max_jobs: usize,
+    /// Unique per daemon process: shows in `status` as the holder of a range.
+    pub owner: String,
+    pub lease: Duration,
+    pub scan_interval: Duration,
+    pub exit_when_done: bool,
+}
+
+/// How `run` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shutdown requested.
+    Shutdown,
+    /// `exit_when_done`: every job completed.
+    AllCompleted,
+    /// `exit_when_done`: every job ended, some not completed (failed, cancelled, invalid spec).
+    NotAllCompleted { failed: Vec<String> },
+}
+
+struct Active {
+    job: Arc<Job>,
+    workers: usize,
+    cancel: CancellationToken,
+}
+
+struct Supervisor {
+    cfg: Config,
+    ctx: Context,
+    cancel: CancellationToken,
+    active: HashMap<String, Active>,
+    /// Resolutions by job name, reused while the spec is unchanged.
+    resolved: HashMap<String, Arc<Job>>,
+    tasks: JoinSet<(String, RangeOutcome)>,
+    reported: HashSet<String>,
+}
+
+/// Run until cancelled (or, with `exit_when_done`, until every job has ended).
+pub async fn run(cfg: Config, pool: PgPool, progress: Progress, measurements: crate::throttle::Measurements, cancel: CancellationToken) -> Outcome {
+    let ctx = Context { pool, progress, measurements };
+    let renewer = tokio::spawn(renew_leases(ctx.progress.clone(), cfg.owner.clone(), cfg.lease, cancel.clone()));
+    let mut sup = Supervisor {
+        cfg,
+        ctx,
+        cancel: cancel.clone(),
+        active: HashMap::new(),
+        resolved: HashMap::new(),
+        tasks: JoinSet::new(),
+        reported: HashSet::new(),
+    };
+    let outcome = sup.run().await;
+    // Drain: workers finish their batch in flight and release their ranges.
+    cancel.cancel();
+    while let Some(res) = sup.tasks.join_next().await {
+        if let Err(e) = res {
+            tracing::error!(error = %e, "worker task panicked");
+        }
+    }
+    gauge!(m::ACTIVE_WORKERS).set(0.0);
+    let _ = renewer.await;
+    outcome
+}
+
+impl Supervisor {
+    async fn run(&mut self) -> Outcome {
+        loop {
+            let done = self.scan().await;
+            if let Some(outcome) = done {
+                if self.tasks.is_empty() {
+                    return outcome;
+                }
+            }
+            let tick = tokio::time::sleep(self.cfg.scan_interval);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Outcome::Shutdown,
+                    _ = &mut tick => break,
+                    Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                        match res {
+                            Ok((name, outcome)) => self.worker_finished(&name, outcome).await,
+                            Err(e) => tracing::error!(error = %e, "worker task panicked"),
+                        }
+                        // A finished range may free a slot or complete a job: rescan soon.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn worker_finished(&mut self, name: &str, outcome: RangeOutcome) {
+        if let Some(a) = self.active.get_mut(name) {
+            a.workers = a.workers.saturating_sub(1);
+            if a.workers == 0 {
+                self.active.remove(name);
+            }
+        }
+        gauge!(m::ACTIVE_WORKERS).set(self.active.values().map(|a| a.workers).sum::<usize>() as f64);
+        if outcome == RangeOutcome::Done {
+            let job = self.resolved.get(name).cloned();
+            if let Some(job) = job {
+                self.finalize(&job).await;
+            }
+        }
+    }
+
+    /// One pass over the jobs directory. Returns an outcome when `exit_when_done` and all have ended.
+    async fn scan(&mut self) -> Option<Outcome> {
+        let report = spec::load_paths(std::slice::from_ref(&self.cfg.jobs_dir));
+        gauge!(m::SPEC_ERRORS).set(report.problems.len() as f64);
+        let mut invalid: Vec<String> = Vec::new();
+        for p in &report.problems {
+            self.report_once(format!("invalid spec: {p}"));
+            invalid.push(p.file.display().to_string());
+        }
+        let mut ended: BTreeMap<String, State> = BTreeMap::new();
+        for loaded in report.jobs {
+            let name = loaded.spec.name.clone();
+            match self.consider(loaded.spec).await {
+                Ok(Some(state)) if state.is_terminal() => {
+                    ended.insert(name, state);
+                }
+                Ok(_) => {}
+                Err(message) => {
+                    self.report_once(format!("job `{name}` ({}): {message}", loaded.path.display()));
+                    invalid.push(name);
+                }
+            }
+        }
+        let loaded_count = ended.len() + invalid.len();
+        if !self.cfg.exit_when_done || self.cancel.is_cancelled() {
+            return None;
+        }
+        // Done when nothing is left that could still make progress.
+        let all_ended = self.active.is_empty() && self.tasks.is_empty() && {
+            let total = spec::load_paths(std::slice::from_ref(&self.cfg.jobs_dir));
+            total.jobs.len() + total.problems.len() <= loaded_count
+        };
+        if !all_ended {
+            return None;
+        }
+        let mut failed: Vec<String> = ended.iter().filter(|(_, s)| **s != State::Completed).map(|(n, s)| format!("{n} ({s})")).collect();
+        failed.extend(invalid.into_iter().map(|n| format!("{n} (invalid)")));
+        invalid_dedup(&mut failed);
+        Some(if failed.is_empty() { Outcome::AllCompleted } else { Outcome::NotAllCompleted { failed } })
+    }
+
+    fn report_once(&mut self, message: String) {
+        if self.reported.insert(message.clone()) {
+            tracing::error!("{message}");
+        }
+    }
+
+    /// Bring one job forward: resolve, register, plan, claim. Returns its state.
+    async fn consider(&mut self, spec: JobSpec) -> Result<Option<State>, String> {
+        let name = spec.name.clone();
+        // A tuning change restarts the job's workers so they pick up the new settings.
+        if let Some(active) = self.active.get(&name) {
+            if active.job.spec == spec {
+                // Unchanged and running here: maybe claim more ranges below.
+            } else {
+                tracing::info!(job = %name, "spec changed: restarting the job's workers with the new settings");
+                active.cancel.cancel();
+                self.resolved.remove(&name);
+                return Ok(None);
+            }
+        }
+        let job = match self.resolved.get(&name) {
+            Some(job) if job.spec == spec => job.clone(),
+            _ => {
+                let job = Arc::new(self.resolve(spec).await?);
+                self.resolved.insert(name.clone(), job.clone());
+                job
+            }
+        };
+        let row = match self
+            .ctx
+            .progress
+            .register(&name, &job.resolved.fingerprint, &job.resolved.meaning, &spec_json(&job.spec), job.resolved.estimated_rows)
+            .await
+        {
+            Ok(row) => row,
+            Err(e @ ProgressError::MeaningChanged { .. }) => {
+                self.resolved.remove(&name);
+                return Err(e.to_string());
+            }
+            Err(e) => {
+                tracing::warn!(job = %name, error = %e, "progress table unavailable; will retry");
+                return Ok(None);
+            }
+        };
+        if row.state.is_terminal() || row.state == State::Paused {
+            return Ok(Some(row.state));
+        }
+        if !row.planned {
+            match plan_ranges(&self.ctx.pool, &job).await {
+                Ok(ranges) => {
+                    if let Err(e) = self.ctx.progress.plan(&name, &ranges).await {
+                        tracing::warn!(job = %name, error = %e, "could not plan ranges; will retry");
+                        return Ok(None);
+                    }
+                    tracing::info!(job = %name, ranges = ranges.len(), "job started: key ranges planned");
+                }
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "could not plan ranges; will retry");
+                    return Ok(None);
+                }
+            }
+        }
+        if !self.active.contains_key(&name) {
+            // Nothing running here: finish a job whose ranges are all done (e.g. crash before completion).
+            match self.ctx.progress.all_ranges_done(&name).await {
+                Ok(true) => {
+                    self.finalize(&job).await;
+                    return Ok(self.ctx.progress.job(&name).await.ok().flatten().map(|r| r.state));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "progress table unavailable; will retry");
+                    return Ok(None);
+                }
+            }
+            if self.active.len() >= self.cfg.max_jobs {
+                return Ok(Some(row.state));
+            }
+        }
+        self.claim_ranges(&job).await;
+        Ok(Some(row.state))
+    }
+
+    async fn resolve(&self, spec: JobSpec) -> Result<Job, String> {
+        let mut conn = match self.ctx.pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => return Err(format!("database unavailable: {e}")),
+        };
+        match catalog::resolve(&mut conn, &spec).await {
+            Ok(Ok(resolved)) => Ok(Job::new(spec, resolved)),
+            Ok(Err(findings)) => {
+                Err(findings.iter().map(|f| format!("{}: {} (fix: {})", f.field, f.message, f.hint)).collect::<Vec<_>>().join("; "))
+            }
+            Err(e) => Err(format!("database error while resolving: {e}")),
+        }
+    }
+
+    async fn claim_ranges(&mut self, job: &Arc<Job>) {
+        let name = job.name().to_string();
+        let want = job.spec.concurrency.max(1) as usize;
+        loop {
+            let running = self.active.get(&name).map_or(0, |a| a.workers);
+            if running >= want {
+                return;
+            }
+            let claim = match self.ctx.progress.claim(&name, &self.cfg.owner, self.cfg.lease).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "could not claim a range; will retry");
+                    return;
+                }
+            };
+            let active = self.active.entry(name.clone()).or_insert_with(|| Active {
+                job: job.clone(),
+                workers: 0,
+                cancel: self.cancel.child_token(),
+            });
+            active.workers += 1;
+            let (ctx, job, cancel, n) = (self.ctx.clone(), job.clone(), active.cancel.clone(), name.clone());
+            self.tasks.spawn(async move { (n, worker::run_range(ctx, job, claim, cancel).await) });
+            gauge!(m::ACTIVE_WORKERS).set(self.active.values().map(|a| a.workers).sum::<usize>() as f64);
+        }
+    }
+
+    /// When every range is done: count rows still matching `where` and mark the job completed.
+    async fn finalize(&self, job: &Job) {
+        let name = job.name();
+        match self.ctx.progress.all_ranges_done(name).await {
+            Ok(true) => {}
+            _ => return,
+        }
+        let leftover = match verify(&self.ctx, job).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(job = %name, error = %e, "verification query failed; will retry");
+                return;
+            }
+        };
+        match self.ctx.progress.complete(name, leftover).await {
+            Ok(true) => match leftover {
+                Some(n) if n > 0 => tracing::warn!(job = %name, leftover_rows = n, "job completed, but rows in its range still match `where`"),
+                _ => tracing::info!(job = %name, "job completed"),
+            },
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job = %name, error = %e, "could not mark the job completed; will retry"),
+        }
+    }
+}
+
+fn invalid_dedup(v: &mut Vec<String>) {
+    v.sort();
+    v.dedup();
+}
+
+fn spec_json(spec: &JobSpec) -> serde_json::Value {
+    serde_json::to_value(spec).unwrap_or(serde_json::Value::Null)
+}
+
+/// Rows in the job's whole key range that still match `where` (None without a `where`).
+async fn verify(ctx: &Context, job: &Job) -> Result<Option<i64>, String> {
+    if job.spec.where_.is_none() {
+        return Ok(None);
+    }
+    let ranges = ctx.progress.ranges(job.name()).await.map_err(|e| e.to_string())?;
+    let Some(last) = ranges.last() else { return Ok(Some(0)) };
+    let mut conn = ctx.pool.acquire().await.map_err(|e| e.to_string())?;
+    batch::count(&mut conn, &job.statements.leftover_from_start, &[&last.upper_bound]).await.map(Some).map_err(|e| e.to_string())
+}
+
+/// Fix a job's key ranges: the upper bound is today's largest key (rows inserted later are the
+/// application's dual-write responsibility); with `concurrency > 1` the boundaries are quantiles of
+/// the key distribution (from a sample), not an even split of min..max that sparse keys would skew.
+pub async fn plan_ranges(pool: &PgPool, job: &Job) -> Result<Vec<(Option<KeyValue>, KeyValue)>, sqlx::Error> {
+    let statements = &job.statements;
+    let mut conn = pool.acquire().await?;
+    let upper: Option<Vec<String>> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(statements.max_key.as_str())).fetch_optional(&mut *conn).await?;
+    let Some(upper) = upper else { return Ok(Vec::new()) };
+    let n = job.spec.concurrency.max(1) as usize;
+    if n == 1 {
+        return Ok(vec![(None, upper)]);
+    }
+    // Aim for ~20k sampled keys: every key of a small table, a block sample of a large one. The
+    // estimate can be stale, so a sample that hits the limit is retried ten times sparser.
+    const LIMIT: i64 = 100_000;
+    let estimated = job.resolved.estimated_rows.max(1) as f64;
+    let mut pct = (20_000.0 * 100.0 / estimated).min(100.0);
+    let keys: Vec<Vec<String>> = loop {
+        let sample = if pct >= 100.0 { String::new() } else { format!(" TABLESAMPLE SYSTEM ({pct:.6})") };
+        let keys: Vec<Vec<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(statements.ordered_keys.replace("{sample}", &sample)))
+            .bind_all_keys(&upper)
+            .bind(LIMIT)
+            .fetch_all(&mut *conn)
+            .await?;
+        if (keys.len() as i64) < LIMIT || pct < 0.001 {
+            break keys;
+        }
+        pct /= 10.0;
+    };
+    Ok(split(keys, upper, n))
+}
+
+/// Cut an ordered sample of keys into `n` ranges `(lower, upper]` ending at `upper`.
+fn split(keys: Vec<KeyValue>, upper: KeyValue, n: usize) -> Vec<(Option<KeyValue>, KeyValue)> {
+    let mut bounds: Vec<KeyValue> = Vec::new();
+    for i in 1..n {
+        if let Some(k) = keys.get(keys.len() * i / n)
+            && bounds.last() != Some(k)
+        {
+            bounds.push(k.clone());
+        }
+    }
+    let mut ranges = Vec::new();
+    let mut lower: Option<KeyValue> = None;
+    for b in bounds {
+        ranges.push((lower.take(), b.clone()));
+        lower = Some(b);
+    }
+    ranges.push((lower, upper));
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    fn k(v: i32) -> Vec<String> {
+        vec![v.to_string()]
+    }
+
+    #[test]
+    fn splits_on_sample_quantiles() {
+        // Sparse keys: 0..10 and 1000..1010. Quantiles put the boundary inside the dense data.
+        let keys: Vec<_> = (0..10).chain(1000..1010).map(k).collect();
+        let r = split(keys, k(5000), 2);
+        assert_eq!(r, vec![(None, k(1000)), (Some(k(1000)), k(5000))]);
+    }
+
+    #[test]
+    fn fewer_keys_than_ranges() {
+        assert_eq!(split(vec![], k(7), 4), vec![(None, k(7))]);
+        let r = split(vec![k(1)], k(7), 4);
+        assert_eq!(r, vec![(None, k(1)), (Some(k(1)), k(7))]);
+    }
+}
+
+trait BindAll<'q> {
+    fn bind_all_keys(self, key: &'q KeyValue) -> Self;
+}
+
+impl<'q, O> BindAll<'q> for sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind_all_keys(mut self, key: &'q KeyValue) -> Self {
+        for v in key {
+            self = self.bind(v);
+        }
+        self
+    }
+}
+
+/// Keep this daemon's leases alive. A failed renewal is only logged: if the database is gone for
+/// longer than the lease, another daemon may take over, and fencing keeps that safe.
+async fn renew_leases(progress: Progress, owner: String, lease: Duration, cancel: CancellationToken) {
+    let every = lease / 4;
+    loop {
+        if worker::sleep_or_cancel(every, &cancel).await {
+            return;
+        }
+        if let Err(e) = progress.renew(&owner, lease).await {
+            tracing::warn!(error = %e, "could not renew range leases");
+        }
+    }
+}

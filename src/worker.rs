@@ -1,0 +1,272 @@
+//! One worker: walks one claimed key range of a job, batch after batch, until the range is done,
+//! the job is paused/cancelled, the claim is lost, or the daemon shuts down.
+//!
+//! Each iteration: wait for the throttle gate → open a batch transaction (timeouts set) → lock the
+//! range row and prove the claim → run the keyset UPDATE → advance the cursor → COMMIT. The cursor
+//! is re-read under the lock every time, so a commit whose outcome was lost with the connection is
+//! never repeated. Cancellation is checked between batches, never inside one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, histogram};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{self, Statements};
+use crate::catalog::Resolved;
+use crate::metrics as m;
+use crate::progress::{Claim, Progress, ProgressError, State};
+use crate::retry::{self, Backoff, Disposition};
+use crate::sizer::Sizer;
+use crate::spec::JobSpec;
+use crate::throttle::{Decision, Gate, Measurements};
+
+/// A job ready to run: spec, catalog resolution and generated SQL, shared by its range workers.
+#[derive(Debug)]
+pub struct Job {
+    pub spec: JobSpec,
+    pub resolved: Resolved,
+    pub statements: Statements,
+}
+
+impl Job {
+    pub fn new(spec: JobSpec, resolved: Resolved) -> Self {
+        let statements = resolved.target.statements();
+        Self { spec, resolved, statements }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+}
+
+/// How a range worker ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RangeOutcome {
+    /// The range is fully processed.
+    Done,
+    /// The job is no longer running (paused, cancelled, failed elsewhere, reset): claim released.
+    NotRunning(State),
+    /// Another daemon holds the range now, or the job was reset.
+    Lost,
+    /// Daemon shutdown or job restart requested: claim released.
+    Stopped,
+    /// A permanent error; the job was marked failed with it.
+    Failed(String),
+}
+
+/// What a worker needs from the daemon.
+#[derive(Clone)]
+pub struct Context {
+    pub pool: PgPool,
+    pub progress: Progress,
+    pub measurements: Measurements,
+}
+
+enum Step {
+    Advanced { scanned: i64, updated: i64, done: bool },
+    NotRunning(State),
+    Lost,
+}
+
+/// Walk one claimed range.
+pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: CancellationToken) -> RangeOutcome {
+    let name = job.name().to_string();
+    let b = &job.spec.batch;
+    let mut sizer = Sizer::new(b.size, b.min_size, b.max_size, b.target_time);
+    let mut gate = Gate::new(job.spec.throttle.clone());
+    let mut measurements = ctx.measurements.clone();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+    let mut throttle = ThrottleClock::default();
+    tracing::info!(job = %name, range = claim.range_no, epoch = claim.epoch, "range claimed");
+
+    let outcome = loop {
+        if cancel.is_cancelled() {
+            break RangeOutcome::Stopped;
+        }
+        let Some(scale) = wait_for_gate(&ctx, &name, &mut gate, &mut measurements, &mut throttle, &cancel).await else {
+            break RangeOutcome::Stopped;
+        };
+        let limit = ((sizer.size() as f64 * scale).round() as i64).max(b.min_size.max(1));
+        gauge!(m::BATCH_SIZE, "job" => name.clone()).set(limit as f64);
+        let started = Instant::now();
+        match one_batch(&ctx, &job, &claim, limit).await {
+            Ok(Step::Advanced { scanned, updated, done }) => {
+                let elapsed = started.elapsed();
+                backoff.reset();
+                sizer.observe(scanned, elapsed);
+                counter!(m::ROWS_UPDATED, "job" => name.clone()).increment(updated.max(0) as u64);
+                counter!(m::ROWS_SCANNED, "job" => name.clone()).increment(scanned.max(0) as u64);
+                counter!(m::BATCHES, "job" => name.clone()).increment(1);
+                histogram!(m::BATCH_DURATION, "job" => name.clone()).record(elapsed.as_secs_f64());
+                tracing::debug!(job = %name, range = claim.range_no, scanned, updated, ms = elapsed.as_millis() as u64, "batch committed");
+                if done {
+                    break RangeOutcome::Done;
+                }
+                if !b.pause.is_zero() && sleep_or_cancel(b.pause, &cancel).await {
+                    break RangeOutcome::Stopped;
+                }
+            }
+            Ok(Step::NotRunning(state)) => break RangeOutcome::NotRunning(state),
+            Ok(Step::Lost) => break RangeOutcome::Lost,
+            Err(err) => {
+                let kind = retry::label(&err);
+                counter!(m::BATCH_ERRORS, "job" => name.clone(), "error" => kind).increment(1);
+                let disposition = retry::classify(&err);
+                let message = err.to_string();
+                if disposition == Disposition::Permanent {
+                    tracing::error!(job = %name, range = claim.range_no, error = %message, "permanent error: failing the job");
+                    if let Err(e) = ctx.progress.fail(&name, &message).await {
+                        tracing::error!(job = %name, error = %e, "could not record the failure");
+                    }
+                    break RangeOutcome::Failed(message);
+                }
+                if disposition == Disposition::Shrink {
+                    sizer.halve();
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(job = %name, range = claim.range_no, error = %message, kind, attempt = backoff.attempts(),
+                    retry_in_ms = delay.as_millis() as u64, next_size = sizer.size(), "batch failed, will retry");
+                // Best effort: the database may be the thing that is down.
+                let _ = ctx.progress.note_error(&name, Some(&format!("retrying after {kind}: {message}"))).await;
+                if sleep_or_cancel(delay, &cancel).await {
+                    break RangeOutcome::Stopped;
+                }
+            }
+        }
+    };
+    throttle.flush(&ctx, &name, None).await;
+    gauge!(m::JOB_THROTTLED, "job" => name.clone()).set(0.0);
+    match &outcome {
+        RangeOutcome::Done | RangeOutcome::Lost | RangeOutcome::Failed(_) => {}
+        RangeOutcome::NotRunning(_) | RangeOutcome::Stopped => {
+            if let Err(e) = ctx.progress.release(&claim).await {
+                tracing::warn!(job = %name, error = %e, "could not release the range; its lease will expire");
+            }
+        }
+    }
+    tracing::info!(job = %name, range = claim.range_no, outcome = ?outcome, "range worker finished");
+    outcome
+}
+
+/// One batch transaction. Errors are returned for the caller to classify.
+async fn one_batch(ctx: &Context, job: &Job, claim: &Claim, limit: i64) -> Result<Step, sqlx::Error> {
+    let t = &job.spec.timeouts;
+    let mut tx = batch::begin(&ctx.pool, t.lock, t.statement).await?;
+    let Some(locked) = ctx.progress.lock_range(&mut tx, claim).await.map_err(db_error)? else {
+        return Ok(Step::Lost);
+    };
+    match locked.job_state {
+        State::Running => {}
+        other => return Ok(Step::NotRunning(other)),
+    }
+    if locked.done {
+        return Ok(Step::Advanced { scanned: 0, updated: 0, done: true });
+    }
+    let result = batch::execute(&mut tx, &job.statements, locked.cursor.as_ref(), &locked.upper_bound, limit).await?;
+    let done = result.scanned < limit || result.cursor.as_ref() == Some(&locked.upper_bound);
+    ctx.progress
+        .advance(&mut tx, claim, result.cursor.as_ref(), result.scanned, result.updated, done, limit)
+        .await
+        .map_err(db_error)?;
+    tx.commit().await?;
+    Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done })
+}
+
+fn db_error(e: ProgressError) -> sqlx::Error {
+    match e {
+        ProgressError::Db(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// Time spent throttled, flushed to the progress table now and then so `status` can show it.
+#[derive(Default)]
+struct ThrottleClock {
+    since: Option<Instant>,
+    reason: Option<String>,
+    last_flush: Option<Instant>,
+}
+
+impl ThrottleClock {
+    async fn flush(&mut self, ctx: &Context, job: &str, reason: Option<&str>) {
+        let now = Instant::now();
+        let add = match (self.since, self.last_flush) {
+            (Some(since), Some(last)) => now.duration_since(since.max(last)).as_secs_f64(),
+            (Some(since), None) => now.duration_since(since).as_secs_f64(),
+            _ => 0.0,
+        };
+        if add > 0.0 {
+            counter!(m::THROTTLED_SECONDS, "job" => job.to_string()).increment(add.round() as u64);
+        }
+        if add > 0.0 || self.reason.as_deref() != reason {
+            let _ = ctx.progress.note_throttle(job, reason, add).await;
+        }
+        self.last_flush = Some(now);
+        self.reason = reason.map(str::to_string);
+        if reason.is_none() {
+            self.since = None;
+            self.last_flush = None;
+        }
+    }
+}
+
+/// Wait until the gate lets a batch through. `None` on cancellation.
+async fn wait_for_gate(
+    ctx: &Context,
+    job: &str,
+    gate: &mut Gate,
+    measurements: &mut Measurements,
+    clock: &mut ThrottleClock,
+    cancel: &CancellationToken,
+) -> Option<f64> {
+    loop {
+        let measurement = measurements.borrow_and_update().clone();
+        match gate.decide(&measurement) {
+            Decision::Go { scale } => {
+                if clock.since.is_some() {
+                    tracing::info!(job, "throttle lifted");
+                    clock.flush(ctx, job, None).await;
+                    gauge!(m::JOB_THROTTLED, "job" => job.to_string()).set(0.0);
+                }
+                gauge!(m::THROTTLE_SCALE, "job" => job.to_string()).set(scale);
+                return Some(scale);
+            }
+            Decision::Wait { reason } => {
+                if clock.since.is_none() {
+                    clock.since = Some(Instant::now());
+                }
+                if clock.reason.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(job, reason = %reason, "throttled: not writing");
+                    gauge!(m::JOB_THROTTLED, "job" => job.to_string()).set(1.0);
+                    gauge!(m::THROTTLE_SCALE, "job" => job.to_string()).set(0.0);
+                    clock.flush(ctx, job, Some(&reason)).await;
+                } else if clock.last_flush.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+                    clock.flush(ctx, job, Some(&reason)).await;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    changed = measurements.changed() => {
+                        if changed.is_err() {
+                            // The controller is gone; the stale-measurement rule keeps us closed.
+                            if sleep_or_cancel(Duration::from_secs(1), cancel).await {
+                                return None;
+                            }
+                        }
+                    }
+                    // Re-evaluate even without news: a silent controller makes the measurement stale.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Sleep unless cancelled first; true when cancelled.
+pub async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
