@@ -2,13 +2,16 @@
 
 pub mod batch;
 pub mod catalog;
+pub mod check;
 pub mod db;
+pub mod http;
 pub mod ident;
 pub mod metrics;
 pub mod progress;
 pub mod retry;
 pub mod sizer;
 pub mod spec;
+pub mod status;
 pub mod supervisor;
 pub mod throttle;
 pub mod worker;

@@ -1,0 +1,121 @@
+//! `pgbackfill status`: progress a person can read at 3 a.m., and a JSON form for machines.
+
+use serde::Serialize;
+
+use crate::progress::{JobRow, State};
+
+/// One job's status, derived from its progress rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub state: State,
+    /// `completed` with rows still matching `where`: not silently "done".
+    pub verified: Option<bool>,
+    pub leftover_rows: Option<i64>,
+    pub rows_updated: i64,
+    pub rows_scanned: i64,
+    pub batches: i64,
+    pub estimated_rows: Option<i64>,
+    pub percent: Option<f64>,
+    /// Scanned rows per second of *working* time (paused and throttled time excluded).
+    pub rows_per_second: Option<f64>,
+    pub eta_seconds: Option<f64>,
+    pub throttled: Option<String>,
+    pub throttled_seconds: f64,
+    pub paused_seconds: f64,
+    pub ranges: i64,
+    pub ranges_done: i64,
+    pub owners: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+impl JobStatus {
+    pub fn from_row(r: &JobRow) -> Self {
+        let elapsed = r.started_at.map(|s| (r.finished_at.unwrap_or(r.now) - s).num_milliseconds() as f64 / 1000.0);
+        let paused_now =
+            if r.state == State::Paused { (r.now - r.state_changed_at).num_milliseconds() as f64 / 1000.0 } else { 0.0 };
+        let working = elapsed.map(|e| (e - r.paused_seconds - paused_now - r.throttled_seconds).max(0.0));
+        let rate = working.filter(|w| *w > 0.5).map(|w| r.rows_scanned as f64 / w);
+        let estimated = r.estimated_rows.filter(|e| *e > 0);
+        let percent = match r.state {
+            State::Completed => Some(100.0),
+            _ => estimated.map(|e| (r.rows_scanned as f64 * 100.0 / e as f64).min(99.9)),
+        };
+        let eta = match (r.state, estimated, rate) {
+            (State::Running | State::Paused | State::Pending, Some(e), Some(rate)) if rate > 0.0 => {
+                Some(((e - r.rows_scanned).max(0) as f64) / rate)
+            }
+            _ => None,
+        };
+        JobStatus {
+            name: r.name.clone(),
+            state: r.state,
+            verified: (r.state == State::Completed).then(|| r.leftover_rows.unwrap_or(0) == 0),
+            leftover_rows: r.leftover_rows,
+            rows_updated: r.rows_updated,
+            rows_scanned: r.rows_scanned,
+            batches: r.batches,
+            estimated_rows: r.estimated_rows,
+            percent,
+            rows_per_second: rate,
+            eta_seconds: eta,
+            throttled: r.throttle_reason.clone(),
+            throttled_seconds: r.throttled_seconds,
+            paused_seconds: r.paused_seconds + paused_now,
+            ranges: r.ranges,
+            ranges_done: r.ranges_done,
+            owners: r.owners.clone(),
+            last_error: r.last_error.clone(),
+        }
+    }
+
+    /// The state as a person should read it.
+    pub fn display_state(&self) -> String {
+        match (self.state, &self.throttled, self.leftover_rows) {
+            (State::Completed, _, Some(n)) if n > 0 => format!("completed ({n} rows still match where)"),
+            (State::Running, Some(_), _) => "throttled".into(),
+            (s, _, _) => s.to_string(),
+        }
+    }
+}
+
+/// Render a table.
+pub fn render(jobs: &[JobStatus]) -> String {
+    if jobs.is_empty() {
+        return "no jobs in the progress table\n".into();
+    }
+    let mut out = format!(
+        "{:<32} {:<14} {:>12} {:>6} {:>9} {:>9}  {}\n",
+        "JOB", "STATE", "UPDATED", "%", "ROWS/S", "ETA", "NOTES"
+    );
+    for j in jobs {
+        let pct = j.percent.map_or("-".into(), |p| format!("{p:.1}"));
+        let rate = j.rows_per_second.map_or("-".into(), |r| format!("{r:.0}"));
+        let eta = j.eta_seconds.map_or("-".into(), |s| humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string());
+        let mut notes = Vec::new();
+        if let Some(t) = &j.throttled {
+            notes.push(format!("throttled: {t}"));
+        }
+        if j.throttled_seconds >= 1.0 {
+            notes.push(format!("{:.0}s throttled in total", j.throttled_seconds));
+        }
+        if j.ranges > 1 {
+            notes.push(format!("ranges {}/{} done", j.ranges_done, j.ranges));
+        }
+        if let Some(e) = &j.last_error {
+            notes.push(format!("last error: {e}"));
+        }
+        let state = j.display_state();
+        out.push_str(&format!(
+            "{:<32} {:<14} {:>12} {:>6} {:>9} {:>9}  {}\n",
+            j.name,
+            state,
+            j.rows_updated,
+            pct,
+            rate,
+            eta,
+            notes.join("; ")
+        ));
+    }
+    out
+}
