@@ -17,7 +17,9 @@ pub const MAX_IDENT_BYTES: usize = 63;
 pub enum IdentError {
     #[error("is empty")]
     Empty,
-    #[error("`{0}` is not a valid identifier (unquoted names use letters, digits, _ and $, and do not start with a digit); if that really is its name, write it in double quotes")]
+    #[error(
+        "`{0}` is not a valid identifier (unquoted names use letters, digits, _ and $, and do not start with a digit); if that really is its name, write it in double quotes"
+    )]
     Invalid(String),
     #[error("`{0}` has an unterminated double quote")]
     Unterminated(String),
@@ -136,8 +138,14 @@ mod tests {
 
     #[test]
     fn folds_unquoted_and_keeps_quoted() {
-        assert_eq!(parse_qualified("Public.Orders").unwrap(), QualifiedName { schema: Some("public".into()), name: "orders".into() });
-        assert_eq!(parse_qualified("\"My Schema\".\"Or\"\"ders\"").unwrap(), QualifiedName { schema: Some("My Schema".into()), name: "Or\"ders".into() });
+        assert_eq!(
+            parse_qualified("Public.Orders").unwrap(),
+            QualifiedName { schema: Some("public".into()), name: "orders".into() }
+        );
+        assert_eq!(
+            parse_qualified("\"My Schema\".\"Or\"\"ders\"").unwrap(),
+            QualifiedName { schema: Some("My Schema".into()), name: "Or\"ders".into() }
+        );
         assert_eq!(parse_ident("\"OrderId\"").unwrap(), "OrderId");
     }
 
