@@ -48,7 +48,9 @@ pub fn parse_str(path: &Path, text: &str) -> Result<JobSpec, Vec<Problem>> {
         Ok(doc) => doc,
         Err(e) => {
             let position = e.location().map(|l| (l.line(), l.column()));
-            return Err(vec![Problem::new(path, "", syntax_message(&e), SYNTAX_HINT).at(position)]);
+            let message = syntax_message(&e);
+            let hint = if message.starts_with("duplicate entry") { "write each field once" } else { SYNTAX_HINT };
+            return Err(vec![Problem::new(path, "", message, hint).at(position)]);
         }
     };
     let top = match doc {
@@ -86,7 +88,11 @@ pub fn parse_str(path: &Path, text: &str) -> Result<JobSpec, Vec<Problem>> {
     }
     match spec {
         Some(spec) if reader.problems.is_empty() => Ok(spec),
-        _ => Err(reader.problems),
+        _ => {
+            // In file order, as a person fixes them; missing fields (no line) first.
+            reader.problems.sort_by_key(|p| (p.line, p.column));
+            Err(reader.problems)
+        }
     }
 }
 
@@ -188,7 +194,7 @@ fn spec_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// What the types say a spec looks like, read once from `JobSpec::json_schema()`.
 struct Model {
-    /// Top-level field names, in declaration order.
+    /// Top-level field names (sorted: the schema's JSON object does not keep declaration order).
     fields: Vec<String>,
     required: Vec<String>,
     /// Fields that are nested structs (`batch`, ...) and their field names.
@@ -318,8 +324,8 @@ impl Reader<'_> {
             if let Some(inner) = model.sections.get(&field) {
                 let section = self.check_section(&field, inner, value);
                 clean.insert(key.clone(), Value::Mapping(section));
-            } else if self.check_value(&[&field], value) {
-                clean.insert(key.clone(), value.clone());
+            } else if let Some(value) = self.check_value(&[&field], value) {
+                clean.insert(key.clone(), value);
             }
         }
         for field in &model.required {
@@ -354,8 +360,8 @@ impl Reader<'_> {
             if !inner.contains(&name) {
                 let hint = suggest(&name, inner, &BTreeMap::new());
                 self.report(&dotted, format!("unknown field `{name}` in `{section}`"), hint);
-            } else if self.check_value(&[section, &name], value) {
-                clean.insert(key.clone(), value.clone());
+            } else if let Some(value) = self.check_value(&[section, &name], value) {
+                clean.insert(key.clone(), value);
             }
         }
         clean
@@ -376,34 +382,53 @@ impl Reader<'_> {
         }
     }
 
-    /// Deserializes one value where it sits; reports it (or, for a map or list, each bad entry) if not.
-    fn check_value(&mut self, path: &[&str], value: &Value) -> bool {
-        let Err(error) = probe(path, value) else { return true };
+    /// Deserializes one value where it sits and returns it if usable. If not, reports it, or for a
+    /// map the bad entries only (the good ones stay, so `set` is still checked against `key`), or for
+    /// a list each bad element (the list is dropped: removing elements would renumber them).
+    fn check_value(&mut self, path: &[&str], value: &Value) -> Option<Value> {
+        let Err(error) = probe(path, value) else { return Some(value.clone()) };
         let dotted = path.join(".");
-        self.broken.insert(dotted.clone());
-        // A map or list of the right shape with a bad entry: point at the entry.
-        let entries: Vec<(String, Vec<String>, &Value)> = match value {
-            Value::Mapping(m) if probe(path, &Value::Mapping(Mapping::new())).is_ok() => m
-                .iter()
-                .filter_map(|(k, v)| k.as_str().map(|k| (format!("{dotted}.{k}"), vec![k.to_string()], v)))
-                .collect(),
-            Value::Sequence(items) if probe(path, &Value::Sequence(Vec::new())).is_ok() => {
-                items.iter().enumerate().map(|(i, v)| (format!("{dotted}[{i}]"), vec![i.to_string()], v)).collect()
+        let entry = |this: &mut Self, field: String, sub: String, v: &Value| -> bool {
+            let full: Vec<&str> = path.iter().copied().chain([sub.as_str()]).collect();
+            match probe(&full, v) {
+                Ok(()) => true,
+                Err(e) => {
+                    this.report_bad_value(&field, &full, v, &e);
+                    this.broken.insert(field);
+                    false
+                }
             }
-            _ => Vec::new(),
         };
-        let mut reported = false;
-        for (field, sub, v) in entries {
-            let full: Vec<&str> = path.iter().copied().chain(sub.iter().map(String::as_str)).collect();
-            if let Err(e) = probe(&full, v) {
-                self.report_bad_value(&field, &full, v, &e);
-                reported = true;
+        match value {
+            Value::Mapping(m) if probe(path, &Value::Mapping(Mapping::new())).is_ok() => {
+                let mut good = Mapping::new();
+                for (k, v) in m {
+                    if let Some(name) = k.as_str()
+                        && entry(self, format!("{dotted}.{name}"), name.to_string(), v)
+                    {
+                        good.insert(k.clone(), v.clone());
+                    }
+                }
+                if good.len() < m.len() && probe(path, &Value::Mapping(good.clone())).is_ok() {
+                    if good.is_empty() {
+                        self.broken.insert(dotted);
+                    }
+                    return Some(Value::Mapping(good));
+                }
             }
+            Value::Sequence(items) if probe(path, &Value::Sequence(Vec::new())).is_ok() => {
+                let bad =
+                    items.iter().enumerate().filter(|(i, v)| !entry(self, format!("{dotted}[{i}]"), i.to_string(), v));
+                if bad.count() > 0 {
+                    self.broken.insert(dotted);
+                    return None;
+                }
+            }
+            _ => {}
         }
-        if !reported {
-            self.report_bad_value(&dotted, path, value, &error);
-        }
-        false
+        self.report_bad_value(&dotted, path, value, &error);
+        self.broken.insert(dotted);
+        None
     }
 
     fn report_bad_value(&mut self, field: &str, path: &[&str], value: &Value, error: &serde_yaml::Error) {
