@@ -35,19 +35,23 @@ pub struct JobSpec {
     /// Optional SQL predicate: the rows that still need the change. Applied inside each key slice.
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     pub where_: Option<String>,
+    /// How many rows each batch updates, and how fast batches follow each other.
     #[serde(default)]
     pub batch: BatchSpec,
+    /// Lock and statement timeouts for every batch.
     #[serde(default)]
     pub timeouts: TimeoutSpec,
+    /// When to pause: replica lag, retained WAL, old transactions.
     #[serde(default)]
     pub throttle: ThrottleSpec,
-    /// Workers on disjoint key ranges of this job.
+    /// Workers on disjoint key ranges of this job (1 to 64).
     #[serde(default = "default_concurrency")]
     pub concurrency: i64,
 }
 
-/// Batch sizing. Sizes are signed so that a negative value reaches `validate` and gets a
-/// readable message instead of a serde type error.
+/// Batch sizing: `min_size <= size <= max_size`, all at least 1.
+// Sizes are signed so that a negative value reaches `validate` and gets a readable message instead
+// of a serde type error. (A `//` comment: `///` would end up in the editors' schema.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
@@ -70,6 +74,7 @@ pub struct BatchSpec {
     pub pause: Duration,
 }
 
+/// Timeouts set for every batch's transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutSpec {
@@ -84,6 +89,7 @@ pub struct TimeoutSpec {
     pub statement: Duration,
 }
 
+/// Conditions under which the job pauses between batches, to protect replicas and vacuum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleSpec {
