@@ -439,3 +439,14 @@ fn mangled_files_never_panic() {
         }
     }
 }
+
+#[test]
+fn specs_serialize_back_exactly() {
+    let text = "name: a\ntable: t\nset: {x: y}\nthrottle: {max_lag_bytes: 16MB, max_slot_retained_bytes: 1500001, max_lag: 1500ms}\n";
+    let spec = parse_str(Path::new(FILE), text).unwrap();
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(json["throttle"]["max_lag_bytes"], "16MB");
+    assert_eq!(json["throttle"]["max_slot_retained_bytes"], "1500001B");
+    let back: JobSpec = serde_json::from_value(json).unwrap();
+    assert_eq!(back, spec);
+}

@@ -4,6 +4,7 @@
 //! stay a change inside this module). It parses, applies defaults and validates *offline*: everything
 //! that needs the database (does the table exist, is the key unique) lives in `catalog` / `check`.
 
+mod byte_size;
 mod load;
 mod validate;
 
@@ -102,14 +103,14 @@ pub struct ThrottleSpec {
     #[schemars(with = "Option<String>")]
     pub resume_lag: Option<Duration>,
     /// Pause while any standby is more than this many bytes of WAL behind (`16MB`, `1GiB`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "byte_size::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub max_lag_bytes: Option<ByteSize>,
     /// Pause while fewer standbys than this are streaming.
     #[serde(default)]
     pub min_replicas: i64,
     /// Pause while any replication slot retains more WAL than this (a lagging CDC consumer).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "byte_size::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub max_slot_retained_bytes: Option<ByteSize>,
     /// Pause while the oldest open transaction is older than this (it holds back vacuum).
