@@ -4,6 +4,7 @@
 //! stay a change inside this module). It parses, applies defaults and validates *offline*: everything
 //! that needs the database (does the table exist, is the key unique) lives in `catalog` / `check`.
 
+mod byte_size;
 mod load;
 mod validate;
 
@@ -35,19 +36,23 @@ pub struct JobSpec {
     /// Optional SQL predicate: the rows that still need the change. Applied inside each key slice.
     #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
     pub where_: Option<String>,
+    /// How many rows each batch updates, and how fast batches follow each other.
     #[serde(default)]
     pub batch: BatchSpec,
+    /// Lock and statement timeouts for every batch.
     #[serde(default)]
     pub timeouts: TimeoutSpec,
+    /// When to pause: replica lag, retained WAL, old transactions.
     #[serde(default)]
     pub throttle: ThrottleSpec,
-    /// Workers on disjoint key ranges of this job.
+    /// Workers on disjoint key ranges of this job (1 to 64).
     #[serde(default = "default_concurrency")]
     pub concurrency: i64,
 }
 
-/// Batch sizing. Sizes are signed so that a negative value reaches `validate` and gets a
-/// readable message instead of a serde type error.
+/// Batch sizing: `min_size <= size <= max_size`, all at least 1.
+// Sizes are signed so that a negative value reaches `validate` and gets a readable message instead
+// of a serde type error. (A `//` comment: `///` would end up in the editors' schema.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSpec {
@@ -70,6 +75,7 @@ pub struct BatchSpec {
     pub pause: Duration,
 }
 
+/// Timeouts set for every batch's transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutSpec {
@@ -84,6 +90,7 @@ pub struct TimeoutSpec {
     pub statement: Duration,
 }
 
+/// Conditions under which the job pauses between batches, to protect replicas and vacuum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleSpec {
@@ -96,14 +103,14 @@ pub struct ThrottleSpec {
     #[schemars(with = "Option<String>")]
     pub resume_lag: Option<Duration>,
     /// Pause while any standby is more than this many bytes of WAL behind (`16MB`, `1GiB`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "byte_size::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub max_lag_bytes: Option<ByteSize>,
     /// Pause while fewer standbys than this are streaming.
     #[serde(default)]
     pub min_replicas: i64,
     /// Pause while any replication slot retains more WAL than this (a lagging CDC consumer).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "byte_size::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub max_slot_retained_bytes: Option<ByteSize>,
     /// Pause while the oldest open transaction is older than this (it holds back vacuum).

@@ -1,9 +1,21 @@
 //! Offline validation of a parsed spec: every problem, each with its field and a fix.
+//!
+//! Offline means: nothing here knows whether the table or its columns exist, or whether an
+//! expression is valid SQL. Those checks need the database and run later; this module catches what a
+//! person can get wrong in the file itself, and reports all of it at once.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
+
+use super::JobSpec;
+use crate::ident::{self, MAX_IDENT_BYTES};
+
+/// Most workers one job may run; more would only fight over the same table's locks and WAL.
+pub const MAX_CONCURRENCY: i64 = 64;
 
 /// One thing wrong with a spec file, precise enough for a person to fix it without guessing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -11,10 +23,35 @@ pub struct Problem {
     pub file: PathBuf,
     /// Dotted field path, e.g. `batch.min_size`; empty for whole-file problems (YAML syntax).
     pub field: String,
+    /// 1-based, where known.
     pub line: Option<usize>,
+    /// 1-based, where known.
     pub column: Option<usize>,
     pub message: String,
     pub hint: String,
+}
+
+impl Problem {
+    /// A problem without a position yet (validation does not see the text; loading adds it).
+    pub fn new(file: &Path, field: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            field: field.into(),
+            line: None,
+            column: None,
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// The same problem at a 1-based line and column.
+    pub fn at(mut self, position: Option<(usize, usize)>) -> Self {
+        if let Some((line, column)) = position {
+            self.line = Some(line);
+            self.column = Some(column);
+        }
+        self
+    }
 }
 
 impl fmt::Display for Problem {
@@ -34,5 +71,362 @@ impl fmt::Display for Problem {
             write!(f, " (fix: {})", self.hint)?;
         }
         Ok(())
+    }
+}
+
+impl JobSpec {
+    /// Every offline problem with this spec (empty when it is fine). `file` only labels the problems.
+    ///
+    /// Cross-field rules (`min_size <= size <= max_size`, `resume_lag < max_lag`, `set` never
+    /// assigning a key column) are checked here too, so callers have one place to ask.
+    pub fn validate(&self, file: &Path) -> Vec<Problem> {
+        let mut v = Validator { file, problems: Vec::new() };
+        v.name(&self.name);
+        v.table(&self.table);
+        let key = self.key.as_deref().and_then(|key| v.key(key));
+        v.set(&self.set, key.as_deref());
+        if let Some(predicate) = &self.where_ {
+            v.sql(
+                "where",
+                predicate,
+                "remove `where` to update every row, or write a predicate such as `status IS NULL`",
+            );
+        }
+        v.batch(self);
+        v.timeouts(self);
+        v.throttle(self);
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            v.push(
+                "concurrency",
+                format!("is {}, must be between 1 and {MAX_CONCURRENCY}", self.concurrency),
+                "start with `concurrency: 1`; raise it only if one worker cannot keep up",
+            );
+        }
+        v.problems
+    }
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) {
+        self.problems.push(Problem::new(self.file, field, message, hint));
+    }
+
+    fn name(&mut self, name: &str) {
+        const HINT: &str = "use lower-case letters, digits, `-` and `_`, starting with a letter or digit, e.g. `orders-fulfillment-channel`";
+        if name.is_empty() {
+            self.push("name", "is empty", HINT);
+            return;
+        }
+        let mut chars = name.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !first_ok || !rest_ok {
+            self.push("name", format!("`{name}` is not a valid job name"), HINT);
+        }
+        if name.len() > MAX_IDENT_BYTES {
+            self.push(
+                "name",
+                format!("is {} characters long, at most {MAX_IDENT_BYTES} are allowed", name.len()),
+                "shorten the name; it is stored as the job's key in the progress table",
+            );
+        }
+    }
+
+    fn table(&mut self, table: &str) {
+        if let Err(e) = ident::parse_qualified(table) {
+            self.push(
+                "table",
+                e.to_string(),
+                "write the table as `table` or `schema.table`, e.g. `public.orders`; double-quote names with capitals or special characters",
+            );
+        }
+    }
+
+    /// Checks the key list; returns the folded column names when every entry parsed.
+    fn key(&mut self, key: &[String]) -> Option<Vec<String>> {
+        if key.is_empty() {
+            self.push(
+                "key",
+                "is an empty list",
+                "list the key columns, e.g. `key: [id]`, or leave `key` out to use the primary key",
+            );
+            return None;
+        }
+        let mut folded: Vec<String> = Vec::with_capacity(key.len());
+        let mut all_ok = true;
+        for (i, entry) in key.iter().enumerate() {
+            match ident::parse_ident(entry) {
+                Ok(column) => {
+                    if let Some(first) = folded.iter().position(|c| *c == column) {
+                        self.push(
+                            format!("key[{i}]"),
+                            format!("column `{column}` is listed twice (also key[{first}])"),
+                            "list each key column once",
+                        );
+                    }
+                    folded.push(column);
+                }
+                Err(e) => {
+                    all_ok = false;
+                    self.push(format!("key[{i}]"), e.to_string(), "write a column name, e.g. `id`");
+                }
+            }
+        }
+        all_ok.then_some(folded)
+    }
+
+    fn set(&mut self, set: &BTreeMap<String, String>, key: Option<&[String]>) {
+        if set.is_empty() {
+            self.push(
+                "set",
+                "assigns no columns",
+                "add at least one `column: expression`, e.g. `fulfillment_channel: \"'web'\"`",
+            );
+            return;
+        }
+        // Two spellings may fold to the same column (`Email` and `email`): that is one column assigned twice.
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for (column, expression) in set {
+            let field = format!("set.{column}");
+            match ident::parse_ident(column) {
+                Ok(folded) => {
+                    if let Some(other) = seen.get(&folded) {
+                        self.push(
+                            field.clone(),
+                            format!("assigns column `{folded}` a second time (also as `{other}`)"),
+                            "assign each column once",
+                        );
+                    } else if key.is_some_and(|key| key.contains(&folded)) {
+                        self.push(
+                            field.clone(),
+                            format!("assigns key column `{folded}`"),
+                            "the key orders the batches and must not change while the backfill runs: \
+                             remove it from `set` or choose another `key`",
+                        );
+                    }
+                    seen.insert(folded, column);
+                }
+                Err(e) => self.push(
+                    field.clone(),
+                    format!("column name {e}"),
+                    "write a column name; double-quote it if it has capitals or special characters",
+                ),
+            }
+            self.sql(
+                &field,
+                expression,
+                "write one SQL expression, e.g. `lower(email)`; a SQL string literal needs its own quotes: `\"'web'\"`",
+            );
+        }
+    }
+
+    /// The offline part of checking SQL text: not empty and one expression, not statements.
+    /// Whether it is valid SQL is the database's to say, later.
+    fn sql(&mut self, field: &str, text: &str, hint: &str) {
+        if text.trim().is_empty() {
+            self.push(field, "is empty", hint);
+        } else if let Some(at) = semicolon_outside_quotes(text) {
+            self.push(
+                field,
+                format!("contains `;` at character {} outside a quoted string", at + 1),
+                "write a single SQL expression without `;`; a `;` inside a string literal like `'a;b'` is fine",
+            );
+        }
+    }
+
+    fn batch(&mut self, spec: &JobSpec) {
+        let b = &spec.batch;
+        let mut all_positive = true;
+        for (field, value) in [("batch.size", b.size), ("batch.min_size", b.min_size), ("batch.max_size", b.max_size)] {
+            if value <= 0 {
+                all_positive = false;
+                self.push(
+                    field,
+                    format!("is {value}, must be at least 1 row"),
+                    "use a positive number of rows, e.g. `1000`",
+                );
+            }
+        }
+        if all_positive {
+            if b.min_size > b.max_size {
+                self.push(
+                    "batch.min_size",
+                    format!("min_size {} is larger than max_size {}", b.min_size, b.max_size),
+                    "make `min_size` at most `max_size` (defaults: 100 and 100000)",
+                );
+            } else if !(b.min_size..=b.max_size).contains(&b.size) {
+                self.push(
+                    "batch.size",
+                    format!("size {} is outside min_size..max_size ({}..{})", b.size, b.min_size, b.max_size),
+                    "set `size` between `min_size` and `max_size` (defaults: 100 and 100000), or widen the range",
+                );
+            }
+        }
+        if b.target_time == Some(Duration::ZERO) {
+            self.push(
+                "batch.target_time",
+                "is zero",
+                "write a positive duration such as `500ms`, or remove it to keep the size fixed",
+            );
+        }
+    }
+
+    fn timeouts(&mut self, spec: &JobSpec) {
+        let t = &spec.timeouts;
+        for (field, value) in [("timeouts.lock", t.lock), ("timeouts.statement", t.statement)] {
+            if value.is_zero() {
+                self.push(
+                    field,
+                    "is zero, which PostgreSQL reads as \"no timeout\"",
+                    "write a positive duration such as `2s` or `30s`",
+                );
+            }
+        }
+    }
+
+    fn throttle(&mut self, spec: &JobSpec) {
+        let t = &spec.throttle;
+        if t.max_lag.is_zero() {
+            self.push(
+                "throttle.max_lag",
+                "is zero, so every batch would wait",
+                "write a positive duration such as `10s`",
+            );
+        } else if let Some(resume) = t.resume_lag
+            && resume >= t.max_lag
+        {
+            self.push(
+                "throttle.resume_lag",
+                format!(
+                    "resume_lag {} is not below max_lag {}",
+                    humantime::format_duration(resume),
+                    humantime::format_duration(t.max_lag)
+                ),
+                "make `resume_lag` smaller than `max_lag` (it defaults to half of it) so throttling does not flap",
+            );
+        }
+        if t.min_replicas < 0 {
+            self.push(
+                "throttle.min_replicas",
+                format!("is {}, must be 0 or more", t.min_replicas),
+                "use `0` to not require standbys",
+            );
+        }
+        for (field, value) in [
+            ("throttle.max_lag_bytes", t.max_lag_bytes),
+            ("throttle.max_slot_retained_bytes", t.max_slot_retained_bytes),
+        ] {
+            if value.is_some_and(|v| v.as_u64() == 0) {
+                self.push(
+                    field,
+                    "is zero, so every batch would wait",
+                    "write a positive size such as `16MB` or `1GiB`, or remove it",
+                );
+            }
+        }
+        if t.max_transaction_age.is_some_and(|age| age.is_zero()) {
+            self.push(
+                "throttle.max_transaction_age",
+                "is zero, so every batch would wait",
+                "write a positive duration such as `10m`, or remove it",
+            );
+        }
+    }
+}
+
+/// Byte offset of the first `;` that is not inside a string literal, quoted identifier, dollar-quoted
+/// string or comment. A small lexer, not a parser: enough to tell `lower(x); DROP TABLE t` from `'a;b'`.
+fn semicolon_outside_quotes(sql: &str) -> Option<usize> {
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' => return Some(i),
+            b'\'' => {
+                // E'...' strings allow backslash escapes; '' is a quote in every string.
+                let escapes = i > 0 && matches!(bytes[i - 1], b'E' | b'e');
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' if escapes => i += 1,
+                        b'\'' if bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                        b'\'' => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < bytes.len() && !(bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // `$tag$ ... $tag$`; `$1` is a parameter, not a quote.
+                let tag_len = bytes[i + 1..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
+                let starts_ok = bytes.get(i + 1).is_none_or(|b| !b.is_ascii_digit());
+                if starts_ok && bytes.get(i + 1 + tag_len) == Some(&b'$') {
+                    let tag = &sql[i..i + tag_len + 2];
+                    let body = i + tag.len();
+                    match sql[body..].find(tag) {
+                        Some(end) => i = body + end + tag.len() - 1,
+                        None => return None,
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semicolons_inside_quotes_are_fine() {
+        assert_eq!(semicolon_outside_quotes("'a;b'"), None);
+        assert_eq!(semicolon_outside_quotes("'it''s;' || x"), None);
+        assert_eq!(semicolon_outside_quotes(r"E'\';' || x"), None);
+        assert_eq!(semicolon_outside_quotes("\"odd;col\" + 1"), None);
+        assert_eq!(semicolon_outside_quotes("$$a;b$$ || $t$;$t$"), None);
+        assert_eq!(semicolon_outside_quotes("x -- trailing; comment"), None);
+        assert_eq!(semicolon_outside_quotes("x /* ; */ + 1"), None);
+        assert_eq!(semicolon_outside_quotes("$1 + 1"), None);
+    }
+
+    #[test]
+    fn semicolons_outside_quotes_are_found() {
+        assert_eq!(semicolon_outside_quotes("lower(email); DROP TABLE users"), Some(12));
+        assert_eq!(semicolon_outside_quotes("'a' ; 'b'"), Some(4));
+        assert_eq!(semicolon_outside_quotes("$1;"), Some(2));
+    }
+
+    #[test]
+    fn display_has_position_field_and_fix() {
+        let p = Problem::new(Path::new("jobs/a.yaml"), "batch.size", "is 0", "use 1000").at(Some((7, 3)));
+        assert_eq!(p.to_string(), "jobs/a.yaml:7:3: batch.size: is 0 (fix: use 1000)");
+        let p = Problem::new(Path::new("a.yaml"), "", "cannot read", "");
+        assert_eq!(p.to_string(), "a.yaml: cannot read");
     }
 }
