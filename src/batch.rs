@@ -241,7 +241,10 @@ SELECT (SELECT count(*) FROM slice) AS scanned,
             s.leftover_from_start,
             r#"SELECT count(*) FROM "public"."orders" WHERE ("id") <= (CAST($1::text AS bigint)) AND (fulfillment_channel IS NULL)"#
         );
-        assert_eq!(s.ordered_keys, r#"SELECT ARRAY["id"::text] FROM "public"."orders"{sample} WHERE ("id") < (CAST($1::text AS bigint)) ORDER BY "id" LIMIT $2"#);
+        assert_eq!(
+            s.ordered_keys,
+            r#"SELECT ARRAY["id"::text] FROM "public"."orders"{sample} WHERE ("id") < (CAST($1::text AS bigint)) ORDER BY "id" LIMIT $2"#
+        );
     }
 
     #[test]
@@ -306,11 +309,7 @@ pub async fn execute(
 }
 
 /// Bind a key value's parts, then run a count statement.
-pub async fn count(
-    conn: &mut sqlx::PgConnection,
-    sql: &str,
-    values: &[&KeyValue],
-) -> Result<i64, sqlx::Error> {
+pub async fn count(conn: &mut sqlx::PgConnection, sql: &str, values: &[&KeyValue]) -> Result<i64, sqlx::Error> {
     let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql));
     for value in values {
         for v in value.iter() {

@@ -53,13 +53,9 @@ pub async fn check(paths: &[PathBuf], pool: Option<&PgPool>) -> Result<Report, s
         if let Some(pool) = pool {
             let found = check_online(pool, &job.spec, &mut checked).await?;
             if !found.is_empty() {
-                problems.extend(found.into_iter().map(|f| Problem {
-                    file: job.path.clone(),
-                    line: None,
-                    column: None,
-                    field: f.field,
-                    message: f.message,
-                    hint: f.hint,
+                problems.extend(found.into_iter().map(|f| {
+                    let at = spec::locate_field(&job.path, &f.field);
+                    Problem::new(&job.path, f.field, f.message, f.hint).at(at)
                 }));
                 continue;
             }
@@ -69,7 +65,11 @@ pub async fn check(paths: &[PathBuf], pool: Option<&PgPool>) -> Result<Report, s
     Ok(Report { valid: problems.is_empty(), ok, problems, online: pool.is_some() })
 }
 
-async fn check_online(pool: &PgPool, spec: &JobSpec, out: &mut CheckedJob) -> Result<Vec<catalog::Finding>, sqlx::Error> {
+async fn check_online(
+    pool: &PgPool,
+    spec: &JobSpec,
+    out: &mut CheckedJob,
+) -> Result<Vec<catalog::Finding>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Read-only and short: check must never write nor wait long on a lock.
     sqlx::raw_sql("SET TRANSACTION READ ONLY; SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '60s'")
@@ -181,7 +181,9 @@ fn blame(e: &sqlx::Error, spec: &JobSpec) -> (String, String) {
         return ("where".into(), "fix the SQL predicate".into());
     }
     match (&spec.where_, spec.set.len()) {
-        (None, 1) => (format!("set.{}", spec.set.keys().next().cloned().unwrap_or_default()), "fix the SQL expression".into()),
+        (None, 1) => {
+            (format!("set.{}", spec.set.keys().next().cloned().unwrap_or_default()), "fix the SQL expression".into())
+        }
         _ => ("set/where".into(), "fix the SQL in `set` or `where`".into()),
     }
 }

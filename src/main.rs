@@ -1,1 +1,335 @@
-fn main() {}
+//! The `pgbackfill` binary: parses the command line and wires the library's parts together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use tokio_util::sync::CancellationToken;
+
+use pgbackfill::progress::{Action, Progress};
+use pgbackfill::status::{JobStatus, render};
+use pgbackfill::supervisor::{self, Outcome};
+use pgbackfill::throttle::{self, ControllerConfig};
+use pgbackfill::{check, db, http, spec};
+
+#[derive(Parser)]
+#[command(name = "pgbackfill", version, about = "Zero-downtime, resumable, throttled backfills for live PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Args, Clone)]
+struct Database {
+    /// PostgreSQL URL of the primary. Prefer the environment or a file: a flag shows in `ps`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// File holding the database URL (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
+    /// Schema of pgbackfill's progress tables.
+    #[arg(long, env = "PGBACKFILL_SCHEMA", default_value = "pgbackfill")]
+    schema: String,
+}
+
+impl Database {
+    fn url(&self) -> anyhow::Result<Option<String>> {
+        if let Some(u) = &self.database_url {
+            return Ok(Some(u.clone()));
+        }
+        if let Some(f) = &self.database_url_file {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            return Ok(Some(text.trim().to_string()));
+        }
+        Ok(None)
+    }
+
+    fn require_url(&self) -> anyhow::Result<String> {
+        self.url()?.context("no database: set DATABASE_URL (or DATABASE_URL_FILE, or --database-url)")
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate job specs; with a database, also against its catalog (nothing is written).
+    Check {
+        /// Spec files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        db: Database,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every job in a directory: the daemon.
+    Run(RunArgs),
+    /// Show every job's progress.
+    Status {
+        #[command(flatten)]
+        db: Database,
+        #[arg(long)]
+        json: bool,
+        /// Only this job.
+        name: Option<String>,
+    },
+    /// Pause a job (daemons stop after their batch in flight).
+    Pause(ControlArgs),
+    /// Resume a paused (or failed) job.
+    Resume(ControlArgs),
+    /// Cancel a job for good.
+    Cancel(ControlArgs),
+    /// Forget a job's progress: it starts over (e.g. after its meaning changed).
+    Reset(ControlArgs),
+    /// Print the JSON Schema of job specs.
+    Schema,
+}
+
+#[derive(Args)]
+struct ControlArgs {
+    name: String,
+    #[command(flatten)]
+    db: Database,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Directory of job specs (`*.yaml`), rescanned while running.
+    #[arg(long, env = "PGBACKFILL_JOBS", default_value = "jobs")]
+    jobs: PathBuf,
+    #[command(flatten)]
+    db: Database,
+    /// Jobs this daemon runs at once.
+    #[arg(long, env = "PGBACKFILL_MAX_JOBS", default_value_t = 4)]
+    max_jobs: usize,
+    /// Exit once every job has ended: 0 if all completed, 1 otherwise (Kubernetes Jobs, CI).
+    #[arg(long)]
+    exit_when_done: bool,
+    /// How often the throttle polls pg_stat_replication.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    lag_poll_interval: Duration,
+    /// A standby whose last reply is older than this has unknown lag (fail closed).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    max_reply_age: Duration,
+    /// How long a claimed key range stays ours without renewal; another daemon takes over after it.
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+    /// How often the jobs directory and progress table are rescanned.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    scan_interval: Duration,
+    /// Address for /metrics and /healthz; empty to disable.
+    #[arg(long, env = "PGBACKFILL_METRICS_ADDR", default_value = "0.0.0.0:9187")]
+    metrics_addr: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PGBACKFILL_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { paths, db: database, json } => {
+            let pool = match database.url()? {
+                Some(url) => Some(db::pool(&url, "pgbackfill check", 2).await.context("connecting to the database")?),
+                None => None,
+            };
+            let report = check::check(&paths, pool.as_ref()).await.context("checking against the database")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for p in &report.problems {
+                    println!("{p}");
+                }
+                for ok in &report.ok {
+                    let mut line = format!("ok: {} ({})", ok.name, ok.file.display());
+                    if let (Some(t), Some(i)) = (&ok.table, &ok.key_index) {
+                        line.push_str(&format!(": {t} via index {i}"));
+                    }
+                    for n in &ok.notes {
+                        line.push_str(&format!("; {n}"));
+                    }
+                    println!("{line}");
+                }
+                if !report.online {
+                    println!("(offline: set DATABASE_URL to also check tables, columns, keys and SQL)");
+                }
+                println!("{} problem(s), {} valid job(s)", report.problems.len(), report.ok.len());
+            }
+            Ok(if report.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&spec::JobSpec::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { db: database, json, name } => {
+            let progress = connect_progress(&database, "pgbackfill status").await?;
+            let rows = match &name {
+                Some(n) => progress.job(n).await?.into_iter().collect(),
+                None => progress.jobs().await?,
+            };
+            let statuses: Vec<JobStatus> = rows.iter().map(JobStatus::from_row).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&statuses)?);
+            } else {
+                print!("{}", render(&statuses));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pause(a) => control(a, Action::Pause).await,
+        Command::Resume(a) => control(a, Action::Resume).await,
+        Command::Cancel(a) => control(a, Action::Cancel).await,
+        Command::Reset(a) => {
+            let progress = connect_progress(&a.db, "pgbackfill reset").await?;
+            progress.reset(&a.name).await?;
+            println!("{}: progress forgotten; it starts over on the next daemon scan", a.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn connect_progress(database: &Database, app: &str) -> anyhow::Result<Progress> {
+    let url = database.require_url()?;
+    let pool = db::pool(&url, app, 2).await.with_context(|| format!("connecting to {}", db::redact_url(&url)))?;
+    let progress = Progress::new(pool, &database.schema);
+    progress.migrate().await?;
+    Ok(progress)
+}
+
+async fn control(a: ControlArgs, action: Action) -> anyhow::Result<ExitCode> {
+    let progress = connect_progress(&a.db, "pgbackfill control").await?;
+    let state = progress.transition(&a.name, action).await?;
+    println!("{}: {state}", a.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if !args.jobs.is_dir() {
+        bail!("jobs directory {} does not exist", args.jobs.display());
+    }
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone())?;
+    let metrics = http::install_recorder()?;
+    if !args.metrics_addr.is_empty() {
+        let addr: SocketAddr =
+            args.metrics_addr.parse().with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(addr, metrics, c).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    let url = args.db.require_url()?;
+    let owner = owner_id();
+    tracing::info!(database = %db::redact_url(&url), owner = %owner, jobs = %args.jobs.display(), "pgbackfill starting");
+    let pool = db::pool(&url, &format!("pgbackfill {owner}"), (args.max_jobs as u32 * 2 + 4).min(64))
+        .await
+        .with_context(|| format!("connecting to {}", db::redact_url(&url)))?;
+    let progress = Progress::new(pool.clone(), &args.db.schema);
+    // Start-up retries: the database may still be coming up next to us (sidecar start order).
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match progress.migrate().await {
+            Ok(()) => break,
+            Err(e) if !cancel.is_cancelled() => {
+                tracing::warn!(error = %e, "cannot prepare the progress table yet; retrying");
+                if pgbackfill::worker::sleep_or_cancel(delay, &cancel).await {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let measurements = throttle::spawn_controller(
+        pool.clone(),
+        ControllerConfig { poll_interval: args.lag_poll_interval, max_reply_age: args.max_reply_age },
+        cancel.clone(),
+    );
+    let cfg = supervisor::Config {
+        jobs_dir: args.jobs,
+        max_jobs: args.max_jobs.max(1),
+        owner,
+        lease: args.lease,
+        scan_interval: args.scan_interval,
+        exit_when_done: args.exit_when_done,
+    };
+    let outcome = supervisor::run(cfg, pool, progress, measurements, cancel.clone()).await;
+    cancel.cancel();
+    Ok(match outcome {
+        Outcome::Shutdown => {
+            tracing::info!("shut down");
+            ExitCode::SUCCESS
+        }
+        Outcome::AllCompleted => {
+            tracing::info!("every job completed");
+            ExitCode::SUCCESS
+        }
+        Outcome::NotAllCompleted { failed } => {
+            tracing::error!(jobs = ?failed, "every job ended, not all completed");
+            ExitCode::from(1)
+        }
+    })
+}
+
+/// SIGTERM/SIGINT: stop taking batches, let the ones in flight commit, release ranges, exit.
+fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    tokio::spawn(async move {
+        if let Some(sig) = signals.next().await {
+            tracing::info!(signal = sig, "shutdown requested: finishing batches in flight");
+            cancel.cancel();
+        }
+        // A second signal while draining: the operator means it.
+        if signals.next().await.is_some() {
+            tracing::warn!("second signal: exiting now (progress is safe: batches are transactional)");
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}
+
+/// Unique per process, readable in `status`: the pod name (HOSTNAME in Kubernetes) and pid.
+fn owner_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgbackfill".into());
+    format!("{host}:{}:{:04x}", std::process::id(), rand::random::<u16>())
+}

@@ -458,10 +458,11 @@ impl Progress {
 
     /// Whether every range of a job is done.
     pub async fn all_ranges_done(&self, name: &str) -> Result<bool, ProgressError> {
-        let open: i64 = sqlx::query_scalar(self.sql("SELECT count(*) FROM {schema}.ranges WHERE job = $1 AND NOT done"))
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
+        let open: i64 =
+            sqlx::query_scalar(self.sql("SELECT count(*) FROM {schema}.ranges WHERE job = $1 AND NOT done"))
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(open == 0)
     }
 
@@ -552,7 +553,8 @@ impl Progress {
 
     /// Forget a job's progress entirely: the next daemon scan starts it over.
     pub async fn reset(&self, name: &str) -> Result<(), ProgressError> {
-        let r = sqlx::query(self.sql("DELETE FROM {schema}.jobs WHERE name = $1")).bind(name).execute(&self.pool).await?;
+        let r =
+            sqlx::query(self.sql("DELETE FROM {schema}.jobs WHERE name = $1")).bind(name).execute(&self.pool).await?;
         if r.rows_affected() == 0 {
             return Err(ProgressError::NoSuchJob(name.to_string()));
         }
@@ -614,8 +616,18 @@ impl Progress {
     }
 
     pub async fn ranges(&self, name: &str) -> Result<Vec<RangeRow>, ProgressError> {
-        type Row =
-            (i32, Option<Vec<String>>, Vec<String>, Option<Vec<String>>, bool, i64, i64, i64, Option<i64>, Option<String>);
+        type Row = (
+            i32,
+            Option<Vec<String>>,
+            Vec<String>,
+            Option<Vec<String>>,
+            bool,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+        );
         let rows: Vec<Row> = sqlx::query_as(self.sql(
             "SELECT range_no, lower_bound, upper_bound, cursor, done, rows_updated, rows_scanned, batches, batch_size, owner \
              FROM {schema}.ranges WHERE job = $1 ORDER BY range_no",

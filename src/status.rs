@@ -32,8 +32,11 @@ pub struct JobStatus {
 impl JobStatus {
     pub fn from_row(r: &JobRow) -> Self {
         let elapsed = r.started_at.map(|s| (r.finished_at.unwrap_or(r.now) - s).num_milliseconds() as f64 / 1000.0);
-        let paused_now =
-            if r.state == State::Paused { (r.now - r.state_changed_at).num_milliseconds() as f64 / 1000.0 } else { 0.0 };
+        let paused_now = if r.state == State::Paused {
+            (r.now - r.state_changed_at).num_milliseconds() as f64 / 1000.0
+        } else {
+            0.0
+        };
         let working = elapsed.map(|e| (e - r.paused_seconds - paused_now - r.throttled_seconds).max(0.0));
         let rate = working.filter(|w| *w > 0.5).map(|w| r.rows_scanned as f64 / w);
         let estimated = r.estimated_rows.filter(|e| *e > 0);
@@ -91,7 +94,9 @@ pub fn render(jobs: &[JobStatus]) -> String {
     for j in jobs {
         let pct = j.percent.map_or("-".into(), |p| format!("{p:.1}"));
         let rate = j.rows_per_second.map_or("-".into(), |r| format!("{r:.0}"));
-        let eta = j.eta_seconds.map_or("-".into(), |s| humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string());
+        let eta = j
+            .eta_seconds
+            .map_or("-".into(), |s| humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string());
         let mut notes = Vec::new();
         if let Some(t) = &j.throttled {
             notes.push(format!("throttled: {t}"));

@@ -69,7 +69,13 @@ struct Supervisor {
 }
 
 /// Run until cancelled (or, with `exit_when_done`, until every job has ended).
-pub async fn run(cfg: Config, pool: PgPool, progress: Progress, measurements: crate::throttle::Measurements, cancel: CancellationToken) -> Outcome {
+pub async fn run(
+    cfg: Config,
+    pool: PgPool,
+    progress: Progress,
+    measurements: crate::throttle::Measurements,
+    cancel: CancellationToken,
+) -> Outcome {
     let ctx = Context { pool, progress, measurements };
     let renewer = tokio::spawn(renew_leases(ctx.progress.clone(), cfg.owner.clone(), cfg.lease, cancel.clone()));
     let mut sup = Supervisor {
@@ -173,7 +179,8 @@ impl Supervisor {
         if !all_ended {
             return None;
         }
-        let mut failed: Vec<String> = ended.iter().filter(|(_, s)| **s != State::Completed).map(|(n, s)| format!("{n} ({s})")).collect();
+        let mut failed: Vec<String> =
+            ended.iter().filter(|(_, s)| **s != State::Completed).map(|(n, s)| format!("{n} ({s})")).collect();
         failed.extend(invalid.into_iter().map(|n| format!("{n} (invalid)")));
         invalid_dedup(&mut failed);
         Some(if failed.is_empty() { Outcome::AllCompleted } else { Outcome::NotAllCompleted { failed } })
@@ -210,7 +217,13 @@ impl Supervisor {
         let row = match self
             .ctx
             .progress
-            .register(&name, &job.resolved.fingerprint, &job.resolved.meaning, &spec_json(&job.spec), job.resolved.estimated_rows)
+            .register(
+                &name,
+                &job.resolved.fingerprint,
+                &job.resolved.meaning,
+                &spec_json(&job.spec),
+                job.resolved.estimated_rows,
+            )
             .await
         {
             Ok(row) => row,
@@ -269,9 +282,11 @@ impl Supervisor {
         };
         match catalog::resolve(&mut conn, &spec).await {
             Ok(Ok(resolved)) => Ok(Job::new(spec, resolved)),
-            Ok(Err(findings)) => {
-                Err(findings.iter().map(|f| format!("{}: {} (fix: {})", f.field, f.message, f.hint)).collect::<Vec<_>>().join("; "))
-            }
+            Ok(Err(findings)) => Err(findings
+                .iter()
+                .map(|f| format!("{}: {} (fix: {})", f.field, f.message, f.hint))
+                .collect::<Vec<_>>()
+                .join("; ")),
             Err(e) => Err(format!("database error while resolving: {e}")),
         }
     }
@@ -320,7 +335,9 @@ impl Supervisor {
         };
         match self.ctx.progress.complete(name, leftover).await {
             Ok(true) => match leftover {
-                Some(n) if n > 0 => tracing::warn!(job = %name, leftover_rows = n, "job completed, but rows in its range still match `where`"),
+                Some(n) if n > 0 => {
+                    tracing::warn!(job = %name, leftover_rows = n, "job completed, but rows in its range still match `where`")
+                }
                 _ => tracing::info!(job = %name, "job completed"),
             },
             Ok(false) => {}
@@ -346,7 +363,10 @@ async fn verify(ctx: &Context, job: &Job) -> Result<Option<i64>, String> {
     let ranges = ctx.progress.ranges(job.name()).await.map_err(|e| e.to_string())?;
     let Some(last) = ranges.last() else { return Ok(Some(0)) };
     let mut conn = ctx.pool.acquire().await.map_err(|e| e.to_string())?;
-    batch::count(&mut conn, &job.statements.leftover_from_start, &[&last.upper_bound]).await.map(Some).map_err(|e| e.to_string())
+    batch::count(&mut conn, &job.statements.leftover_from_start, &[&last.upper_bound])
+        .await
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Fix a job's key ranges: the upper bound is today's largest key (rows inserted later are the
@@ -369,11 +389,12 @@ pub async fn plan_ranges(pool: &PgPool, job: &Job) -> Result<Vec<(Option<KeyValu
     let mut pct = (20_000.0 * 100.0 / estimated).min(100.0);
     let keys: Vec<Vec<String>> = loop {
         let sample = if pct >= 100.0 { String::new() } else { format!(" TABLESAMPLE SYSTEM ({pct:.6})") };
-        let keys: Vec<Vec<String>> = sqlx::query_scalar(sqlx::AssertSqlSafe(statements.ordered_keys.replace("{sample}", &sample)))
-            .bind_all_keys(&upper)
-            .bind(LIMIT)
-            .fetch_all(&mut *conn)
-            .await?;
+        let keys: Vec<Vec<String>> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(statements.ordered_keys.replace("{sample}", &sample)))
+                .bind_all_keys(&upper)
+                .bind(LIMIT)
+                .fetch_all(&mut *conn)
+                .await?;
         if (keys.len() as i64) < LIMIT || pct < 0.001 {
             break keys;
         }

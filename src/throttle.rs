@@ -145,7 +145,10 @@ impl Gate {
                 match slot.retained_bytes {
                     Some(b) if b as f64 > limit => {
                         return Decision::Wait {
-                            reason: format!("replication slot {} retains {b} bytes of WAL, over {} bytes", slot.name, limit as u64),
+                            reason: format!(
+                                "replication slot {} retains {b} bytes of WAL, over {} bytes",
+                                slot.name, limit as u64
+                            ),
                         };
                     }
                     Some(b) => worst_fraction = worst_fraction.max(b as f64 / max_slot.as_u64() as f64),
@@ -171,11 +174,7 @@ impl Gate {
 /// Slow down smoothly as a signal approaches its limit instead of sawtoothing between full speed and
 /// stop: full speed below half the limit, then linearly down to 10% at the limit.
 pub fn scale_for(fraction_of_limit: f64) -> f64 {
-    if fraction_of_limit <= 0.5 {
-        1.0
-    } else {
-        (1.0 - (fraction_of_limit - 0.5) * 1.8).clamp(0.1, 1.0)
-    }
+    if fraction_of_limit <= 0.5 { 1.0 } else { (1.0 - (fraction_of_limit - 0.5) * 1.8).clamp(0.1, 1.0) }
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -189,7 +188,12 @@ mod tests {
     fn measured(lag: f64, bytes: i64) -> Measurement {
         Measurement {
             at: Instant::now(),
-            standbys: vec![Standby { name: "s1".into(), lag_seconds: Some(lag), lag_bytes: Some(bytes), streaming: true }],
+            standbys: vec![Standby {
+                name: "s1".into(),
+                lag_seconds: Some(lag),
+                lag_bytes: Some(bytes),
+                streaming: true,
+            }],
             slots: vec![],
             oldest_transaction_seconds: None,
             error: None,
@@ -223,11 +227,8 @@ mod tests {
 
     #[test]
     fn min_replicas_and_bytes() {
-        let mut g = Gate::new(ThrottleSpec {
-            min_replicas: 1,
-            max_lag_bytes: Some(bytesize::ByteSize::mb(1)),
-            ..spec()
-        });
+        let mut g =
+            Gate::new(ThrottleSpec { min_replicas: 1, max_lag_bytes: Some(bytesize::ByteSize::mb(1)), ..spec() });
         let mut none = measured(0.0, 0);
         none.standbys.clear();
         assert!(matches!(g.decide(&none), Decision::Wait { reason } if reason.contains("min_replicas")));
@@ -340,7 +341,9 @@ type ReplicationRow = (String, Option<String>, Option<f64>, Option<f64>, Option<
 pub async fn measure(pool: &sqlx::PgPool, cfg: &ControllerConfig, history: &mut LsnHistory) -> Measurement {
     match try_measure(pool, cfg, history).await {
         Ok(m) => m,
-        Err(e) => Measurement { error: Some(format!("cannot read pg_stat_replication: {e}")), ..Measurement::unknown() },
+        Err(e) => {
+            Measurement { error: Some(format!("cannot read pg_stat_replication: {e}")), ..Measurement::unknown() }
+        }
     }
 }
 

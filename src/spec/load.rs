@@ -520,7 +520,7 @@ fn syntax_message(e: &serde_yaml::Error) -> String {
 /// 1-based line and column of the key for a dotted field (`batch.size`, `set.email`, `key[1]`) in
 /// the text, following indentation and `{...}` flow mappings. If the field itself is not written
 /// (a default that failed validation), the position of its closest written parent.
-fn locate(text: &str, field: &str) -> Option<(usize, usize)> {
+pub(crate) fn locate(text: &str, field: &str) -> Option<(usize, usize)> {
     if field.is_empty() {
         return None;
     }

@@ -15,6 +15,12 @@ use bytesize::ByteSize;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Line and column of a field in a spec file, for problems found later (against the database).
+pub fn locate_field(path: &std::path::Path, field: &str) -> Option<(usize, usize)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    load::locate(&text, field)
+}
+
 pub use load::{LoadReport, LoadedJob, load_paths, parse_str};
 pub use validate::Problem;
 
