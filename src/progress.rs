@@ -180,6 +180,8 @@ pub struct Claim {
     pub range_no: i32,
     pub owner: String,
     pub epoch: i64,
+    /// How long the claim lasts without renewal.
+    pub lease: Duration,
 }
 
 /// What a batch sees after locking its range row.
@@ -289,7 +291,7 @@ impl Progress {
                 now: show(meaning.get(field)),
             });
         }
-        sqlx::query(self.sql("UPDATE {schema}.jobs SET spec = $2, updated_at = now() WHERE name = $1"))
+        sqlx::query(self.sql("UPDATE {schema}.jobs SET spec = $2, updated_at = now() WHERE name = $1 AND spec IS DISTINCT FROM $2"))
             .bind(name)
             .bind(spec)
             .execute(&mut *tx)
@@ -354,14 +356,16 @@ impl Progress {
         .bind(lease.as_millis() as f64)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(range_no, epoch)| Claim { job: job.to_string(), range_no, owner: owner.to_string(), epoch }))
+        Ok(row.map(|(range_no, epoch)| Claim { job: job.to_string(), range_no, owner: owner.to_string(), epoch, lease }))
     }
 
-    /// Extend every lease this daemon holds. Returns how many ranges it still holds.
+    /// Extend every lease this daemon holds. Rows locked by our own batches in flight are skipped
+    /// rather than waited for: those batches extend their lease when they commit.
     pub async fn renew(&self, owner: &str, lease: Duration) -> Result<u64, ProgressError> {
         let r = sqlx::query(self.sql(
             "UPDATE {schema}.ranges SET lease_until = now() + $2 * interval '1 millisecond' \
-             WHERE owner = $1 AND NOT done",
+             WHERE (job, range_no) IN (SELECT job, range_no FROM {schema}.ranges \
+                                       WHERE owner = $1 AND NOT done FOR UPDATE SKIP LOCKED)",
         ))
         .bind(owner)
         .bind(lease.as_millis() as f64)
@@ -424,7 +428,8 @@ impl Progress {
         sqlx::query(self.sql(
             "UPDATE {schema}.ranges SET cursor = coalesce($5, cursor), rows_scanned = rows_scanned + $6, \
              rows_updated = rows_updated + $7, batches = batches + 1, done = $8, batch_size = $9, \
-             updated_at = now(), owner = CASE WHEN $8 THEN NULL ELSE owner END \
+             updated_at = now(), owner = CASE WHEN $8 THEN NULL ELSE owner END, \
+             lease_until = now() + $10 * interval '1 millisecond' \
              WHERE job = $1 AND range_no = $2 AND owner = $3 AND epoch = $4",
         ))
         .bind(&claim.job)
@@ -436,6 +441,7 @@ impl Progress {
         .bind(updated)
         .bind(done)
         .bind(batch_size)
+        .bind(claim.lease.as_millis() as f64)
         .execute(&mut **tx)
         .await?;
         Ok(())
