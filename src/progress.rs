@@ -291,11 +291,13 @@ impl Progress {
                 now: show(meaning.get(field)),
             });
         }
-        sqlx::query(self.sql("UPDATE {schema}.jobs SET spec = $2, updated_at = now() WHERE name = $1 AND spec IS DISTINCT FROM $2"))
-            .bind(name)
-            .bind(spec)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET spec = $2, updated_at = now() WHERE name = $1 AND spec IS DISTINCT FROM $2",
+        ))
+        .bind(name)
+        .bind(spec)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         self.job(name).await?.ok_or_else(|| ProgressError::NoSuchJob(name.to_string()))
     }
@@ -356,7 +358,13 @@ impl Progress {
         .bind(lease.as_millis() as f64)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(range_no, epoch)| Claim { job: job.to_string(), range_no, owner: owner.to_string(), epoch, lease }))
+        Ok(row.map(|(range_no, epoch)| Claim {
+            job: job.to_string(),
+            range_no,
+            owner: owner.to_string(),
+            epoch,
+            lease,
+        }))
     }
 
     /// Extend every lease this daemon holds. Rows locked by our own batches in flight are skipped

@@ -15,11 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// exist there yet (the standby may not have replayed its creation).
 async fn count_id(url: &str, id: i64) -> Option<i64> {
     let mut conn = PgConnection::connect(url).await.ok()?;
-    let n = sqlx::query_scalar("SELECT count(*) FROM t WHERE id = $1")
-        .bind(id)
-        .fetch_one(&mut conn)
-        .await
-        .ok();
+    let n = sqlx::query_scalar("SELECT count(*) FROM t WHERE id = $1").bind(id).fetch_one(&mut conn).await.ok();
     let _ = conn.close().await;
     n
 }
@@ -28,35 +24,18 @@ async fn count_id(url: &str, id: i64) -> Option<i64> {
 async fn a_row_written_on_the_primary_reaches_the_standby() {
     let db = cluster().await.new_database().await;
     let pool = db.pool().await;
-    sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY, v text)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO t VALUES (42, 'hello')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY, v text)").execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (42, 'hello')").execute(&pool).await.unwrap();
 
-    wait_until(DEADLINE, "row 42 on the standby", || async {
-        count_id(&db.standby_url, 42).await == Some(1)
-    })
-    .await;
+    wait_until(DEADLINE, "row 42 on the standby", || async { count_id(&db.standby_url, 42).await == Some(1) }).await;
 
     let standby = db.standby_pool().await;
-    let v: String = sqlx::query_scalar("SELECT v FROM t WHERE id = 42")
-        .fetch_one(&standby)
-        .await
-        .unwrap();
+    let v: String = sqlx::query_scalar("SELECT v FROM t WHERE id = 42").fetch_one(&standby).await.unwrap();
     assert_eq!(v, "hello");
-    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(&standby)
-        .await
-        .unwrap();
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&standby).await.unwrap();
     assert!(in_recovery, "standby_url must point at the standby");
-    let err = sqlx::query("INSERT INTO t VALUES (43, 'nope')")
-        .execute(&standby)
-        .await
-        .expect_err("the standby is read only");
+    let err =
+        sqlx::query("INSERT INTO t VALUES (43, 'nope')").execute(&standby).await.expect_err("the standby is read only");
     assert!(err.to_string().contains("read-only"), "{err}");
 }
 
@@ -69,24 +48,11 @@ async fn databases_are_isolated() {
 
     let (pa, pb) = (a.pool().await, b.pool().await);
     for (pool, id) in [(&pa, 1i64), (&pb, 2i64)] {
-        sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY)")
-            .execute(pool)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO t VALUES ($1)")
-            .bind(id)
-            .execute(pool)
-            .await
-            .unwrap();
+        sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY)").execute(pool).await.unwrap();
+        sqlx::query("INSERT INTO t VALUES ($1)").bind(id).execute(pool).await.unwrap();
     }
-    let ids_a: Vec<i64> = sqlx::query_scalar("SELECT id FROM t ORDER BY id")
-        .fetch_all(&pa)
-        .await
-        .unwrap();
-    let ids_b: Vec<i64> = sqlx::query_scalar("SELECT id FROM t ORDER BY id")
-        .fetch_all(&pb)
-        .await
-        .unwrap();
+    let ids_a: Vec<i64> = sqlx::query_scalar("SELECT id FROM t ORDER BY id").fetch_all(&pa).await.unwrap();
+    let ids_b: Vec<i64> = sqlx::query_scalar("SELECT id FROM t ORDER BY id").fetch_all(&pb).await.unwrap();
     assert_eq!(ids_a, vec![1]);
     assert_eq!(ids_b, vec![2]);
 
@@ -103,10 +69,7 @@ async fn pausing_replay_makes_byte_lag_grow_and_resuming_clears_it() {
     let c = dedicated_cluster().await;
     let db = c.new_database().await;
     let pool = db.pool().await;
-    sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY, pad text)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY, pad text)").execute(&pool).await.unwrap();
     db.wait_on_standby().await;
 
     c.pause_replay().await;
@@ -118,11 +81,9 @@ async fn pausing_replay_makes_byte_lag_grow_and_resuming_clears_it() {
     let lag = c.replay_lag_bytes().await.expect("a replay position");
     assert!(lag > 1_000_000, "byte lag while paused: {lag}");
     // Still paused: more time does not shrink it, and the rows are not on the standby.
-    wait_until(
-        DEADLINE,
-        "the walreceiver to report the new WAL",
-        || async { sent_but_not_replayed(&c.admin_url()).await },
-    )
+    wait_until(DEADLINE, "the walreceiver to report the new WAL", || async {
+        sent_but_not_replayed(&c.admin_url()).await
+    })
     .await;
     assert!(c.replay_lag_bytes().await.unwrap() >= lag);
     assert_eq!(count_id(&db.standby_url, 1).await, Some(0));
@@ -139,12 +100,11 @@ async fn pausing_replay_makes_byte_lag_grow_and_resuming_clears_it() {
 /// streaming, is what is held back.
 async fn sent_but_not_replayed(admin_url: &str) -> bool {
     let mut conn = PgConnection::connect(admin_url).await.unwrap();
-    let gap: Option<i64> = sqlx::query_scalar(
-        "SELECT pg_wal_lsn_diff(flush_lsn, replay_lsn)::bigint FROM pg_stat_replication",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let gap: Option<i64> =
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(flush_lsn, replay_lsn)::bigint FROM pg_stat_replication")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     let _ = conn.close().await;
     gap.is_some_and(|g| g > 1_000_000)
 }
@@ -154,24 +114,16 @@ async fn apply_delay_stop_start_and_primary_restart() {
     let c = dedicated_cluster().await;
     let db = c.new_database().await;
     let pool = db.pool().await;
-    sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query("CREATE TABLE t (id bigint PRIMARY KEY)").execute(&pool).await.unwrap();
     db.wait_on_standby().await;
 
     // recovery_min_apply_delay holds each commit back at least that long after it happened.
     let delay = Duration::from_secs(2);
     c.set_apply_delay(delay).await;
     let committed = Instant::now();
-    sqlx::query("INSERT INTO t VALUES (1)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    wait_until(DEADLINE, "delayed row 1 on the standby", || async {
-        count_id(&db.standby_url, 1).await == Some(1)
-    })
-    .await;
+    sqlx::query("INSERT INTO t VALUES (1)").execute(&pool).await.unwrap();
+    wait_until(DEADLINE, "delayed row 1 on the standby", || async { count_id(&db.standby_url, 1).await == Some(1) })
+        .await;
     let seen_after = committed.elapsed();
     assert!(
         seen_after >= delay - Duration::from_millis(100),
@@ -182,27 +134,17 @@ async fn apply_delay_stop_start_and_primary_restart() {
     // A stopped standby has no walsender row; its slot keeps the WAL until it comes back.
     c.stop_standby().await;
     assert_eq!(c.replay_lag_bytes().await, None);
-    sqlx::query("INSERT INTO t VALUES (2)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query("INSERT INTO t VALUES (2)").execute(&pool).await.unwrap();
     c.start_standby().await;
-    wait_until(DEADLINE, "row 2 on the restarted standby", || async {
-        count_id(&db.standby_url, 2).await == Some(1)
-    })
-    .await;
+    wait_until(DEADLINE, "row 2 on the restarted standby", || async { count_id(&db.standby_url, 2).await == Some(1) })
+        .await;
 
     // After a primary restart, fresh connections work and the standby streams again.
     c.restart_primary().await;
     let pool = db.pool().await;
-    sqlx::query("INSERT INTO t VALUES (3)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    wait_until(
-        DEADLINE,
-        "row 3 on the standby after primary restart",
-        || async { count_id(&db.standby_url, 3).await == Some(1) },
-    )
+    sqlx::query("INSERT INTO t VALUES (3)").execute(&pool).await.unwrap();
+    wait_until(DEADLINE, "row 3 on the standby after primary restart", || async {
+        count_id(&db.standby_url, 3).await == Some(1)
+    })
     .await;
 }

@@ -38,6 +38,8 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection};
 use tokio::sync::OnceCell;
 
+pub mod daemon;
+
 /// Deadline for a server to start, a base backup, and the standby to reach `streaming`. Generous:
 /// the machine has 2 cores, and other test binaries may be starting clusters at the same time.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(90);
@@ -54,9 +56,7 @@ static SHARED: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
 /// If startup fails, every test using it panics with the same message (including the server log
 /// tail) rather than each retrying a startup that will fail again.
 pub async fn cluster() -> &'static Cluster {
-    let started = SHARED
-        .get_or_init(|| async { Cluster::start().await.map_err(|e| format!("{e:#}")) })
-        .await;
+    let started = SHARED.get_or_init(|| async { Cluster::start().await.map_err(|e| format!("{e:#}")) }).await;
     match started {
         Ok(cluster) => cluster,
         Err(message) => panic!("shared test cluster failed to start: {message}"),
@@ -136,11 +136,7 @@ impl Cluster {
         let as_postgres = running_as_root()?;
         // As root, use /tmp rather than $TMPDIR: the postgres user must be able to traverse every
         // ancestor of the data directories, and /tmp is world-traversable.
-        let base = if as_postgres {
-            PathBuf::from("/tmp")
-        } else {
-            std::env::temp_dir()
-        };
+        let base = if as_postgres { PathBuf::from("/tmp") } else { std::env::temp_dir() };
         let dir = tempfile::Builder::new()
             .prefix("pgbackfill-test-")
             .tempdir_in(&base)
@@ -206,26 +202,13 @@ impl Cluster {
             .args(["-h", "127.0.0.1", "-p", &self.primary_port.to_string()])
             .args(["-U", "postgres", "-D"])
             .arg(self.standby_dir())
-            .args([
-                "-R",
-                "-X",
-                "stream",
-                "-C",
-                "-S",
-                SLOT,
-                "--checkpoint=fast",
-                "--no-sync",
-            ])
+            .args(["-R", "-X", "stream", "-C", "-S", SLOT, "--checkpoint=fast", "--no-sync"])
             .run()
             .await
             .map_err(|e| self.with_log(e, "primary"))?;
-        self.standby_port = self
-            .start_on_free_port(&self.standby_dir(), "standby")
-            .await?;
+        self.standby_port = self.start_on_free_port(&self.standby_dir(), "standby").await?;
         self.standby_running.store(true, Ordering::SeqCst);
-        self.wait_streaming(STARTUP_DEADLINE)
-            .await
-            .map_err(|e| self.with_log(self.with_log(e, "primary"), "standby"))
+        self.wait_streaming(STARTUP_DEADLINE).await.map_err(|e| self.with_log(self.with_log(e, "primary"), "standby"))
     }
 
     /// Picks a free port and starts the server on it; retries with another port if someone else
@@ -260,12 +243,7 @@ impl Cluster {
     }
 
     async fn pg_ctl(&self, data: &Path, args: &[&str]) -> anyhow::Result<()> {
-        self.server_cmd("pg_ctl")
-            .arg("-D")
-            .arg(data)
-            .args(args)
-            .run()
-            .await
+        self.server_cmd("pg_ctl").arg("-D").arg(data).args(args).run().await
     }
 
     /// Waits until the primary reports the standby's walreceiver as `streaming`.
@@ -275,22 +253,17 @@ impl Cluster {
             let Ok(mut conn) = PgConnection::connect(&url).await else {
                 return false;
             };
-            let state: Option<String> = sqlx::query_scalar(
-                "SELECT state FROM pg_stat_replication WHERE state = 'streaming' LIMIT 1",
-            )
-            .fetch_optional(&mut conn)
-            .await
-            .ok()
-            .flatten();
+            let state: Option<String> =
+                sqlx::query_scalar("SELECT state FROM pg_stat_replication WHERE state = 'streaming' LIMIT 1")
+                    .fetch_optional(&mut conn)
+                    .await
+                    .ok()
+                    .flatten();
             let _ = conn.close().await;
             state.is_some()
         })
         .await;
-        if streaming {
-            Ok(())
-        } else {
-            bail!("standby did not reach state 'streaming' within {deadline:?}")
-        }
+        if streaming { Ok(()) } else { bail!("standby did not reach state 'streaming' within {deadline:?}") }
     }
 
     // ----- URLs and paths -----
@@ -353,11 +326,7 @@ impl Cluster {
 
     fn with_log(&self, e: anyhow::Error, name: &str) -> anyhow::Error {
         let path = self.log_path(name);
-        e.context(format!(
-            "\n--- tail of {} ---\n{}\n---",
-            path.display(),
-            self.log_tail(name)
-        ))
+        e.context(format!("\n--- tail of {} ---\n{}\n---", path.display(), self.log_tail(name)))
     }
 
     // ----- databases -----
@@ -374,13 +343,7 @@ impl Cluster {
             .next()
             .unwrap_or("test")
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
             .take(40)
             .collect();
         // Only [a-z0-9_], so quoting cannot be escaped.
@@ -437,10 +400,7 @@ impl Cluster {
     /// requests a pause). Use a [`dedicated_cluster`]: a paused standby lags every database.
     pub async fn pause_replay(&self) {
         let mut standby = self.standby_admin_conn().await;
-        sqlx::query("SELECT pg_wal_replay_pause()")
-            .execute(&mut standby)
-            .await
-            .expect("pg_wal_replay_pause()");
+        sqlx::query("SELECT pg_wal_replay_pause()").execute(&mut standby).await.expect("pg_wal_replay_pause()");
         let url = self.standby_admin_url();
         let admin = self.admin_url();
         wait_until(STANDBY_DEADLINE, "replay pause state 'paused'", || async {
@@ -450,9 +410,7 @@ impl Cluster {
             // The startup process confirms a pause only when it looks at the next WAL record:
             // give it one, in case the primary is idle.
             if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                let _ = sqlx::query("SELECT txid_current()")
-                    .execute(&mut conn)
-                    .await;
+                let _ = sqlx::query("SELECT txid_current()").execute(&mut conn).await;
                 let _ = conn.close().await;
             }
             false
@@ -464,17 +422,12 @@ impl Cluster {
     /// Resumes WAL replay on the standby and waits until it reports `not paused`.
     pub async fn resume_replay(&self) {
         let mut standby = self.standby_admin_conn().await;
-        sqlx::query("SELECT pg_wal_replay_resume()")
-            .execute(&mut standby)
-            .await
-            .expect("pg_wal_replay_resume()");
+        sqlx::query("SELECT pg_wal_replay_resume()").execute(&mut standby).await.expect("pg_wal_replay_resume()");
         let _ = standby.close().await;
         let url = self.standby_admin_url();
-        wait_until(
-            STANDBY_DEADLINE,
-            "replay pause state 'not paused'",
-            || async { replay_pause_state(&url).await == "not paused" },
-        )
+        wait_until(STANDBY_DEADLINE, "replay pause state 'not paused'", || async {
+            replay_pause_state(&url).await == "not paused"
+        })
         .await;
     }
 
@@ -483,37 +436,27 @@ impl Cluster {
     pub async fn set_apply_delay(&self, delay: Duration) {
         let ms = delay.as_millis();
         let mut standby = self.standby_admin_conn().await;
-        sqlx::query(AssertSqlSafe(format!(
-            "ALTER SYSTEM SET recovery_min_apply_delay = '{ms}ms'"
-        )))
-        .execute(&mut standby)
-        .await
-        .expect("ALTER SYSTEM SET recovery_min_apply_delay");
-        sqlx::query("SELECT pg_reload_conf()")
+        sqlx::query(AssertSqlSafe(format!("ALTER SYSTEM SET recovery_min_apply_delay = '{ms}ms'")))
             .execute(&mut standby)
             .await
-            .expect("pg_reload_conf()");
+            .expect("ALTER SYSTEM SET recovery_min_apply_delay");
+        sqlx::query("SELECT pg_reload_conf()").execute(&mut standby).await.expect("pg_reload_conf()");
         let _ = standby.close().await;
         let url = self.standby_admin_url();
         let want = ms.to_string();
-        wait_until(
-            STANDBY_DEADLINE,
-            "recovery_min_apply_delay to take effect",
-            || async {
-                let Ok(mut conn) = PgConnection::connect(&url).await else {
-                    return false;
-                };
-                let setting: Option<String> = sqlx::query_scalar(
-                    "SELECT setting FROM pg_settings WHERE name = 'recovery_min_apply_delay'",
-                )
-                .fetch_optional(&mut conn)
-                .await
-                .ok()
-                .flatten();
-                let _ = conn.close().await;
-                setting.as_deref() == Some(want.as_str())
-            },
-        )
+        wait_until(STANDBY_DEADLINE, "recovery_min_apply_delay to take effect", || async {
+            let Ok(mut conn) = PgConnection::connect(&url).await else {
+                return false;
+            };
+            let setting: Option<String> =
+                sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'recovery_min_apply_delay'")
+                    .fetch_optional(&mut conn)
+                    .await
+                    .ok()
+                    .flatten();
+            let _ = conn.close().await;
+            setting.as_deref() == Some(want.as_str())
+        })
         .await;
     }
 
@@ -543,13 +486,10 @@ impl Cluster {
     /// accepts connections and, if the standby is running, until it streams again.
     pub async fn restart_primary(&self) {
         let timeout = STARTUP_DEADLINE.as_secs().to_string();
-        self.pg_ctl(
-            &self.primary_dir(),
-            &["-w", "-t", &timeout, "-m", "fast", "restart"],
-        )
-        .await
-        .map_err(|e| self.with_log(e, "primary"))
-        .expect("restarting the primary");
+        self.pg_ctl(&self.primary_dir(), &["-w", "-t", &timeout, "-m", "fast", "restart"])
+            .await
+            .map_err(|e| self.with_log(e, "primary"))
+            .expect("restarting the primary");
         if self.standby_running.load(Ordering::SeqCst) {
             self.wait_streaming(STARTUP_DEADLINE)
                 .await
@@ -571,13 +511,8 @@ impl Cluster {
         } else {
             tokio::process::Command::new(&exe)
         };
-        cmd.current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        ServerCmd {
-            cmd,
-            program: program.to_string(),
-        }
+        cmd.current_dir(&self.dir).stdin(Stdio::null()).kill_on_drop(true);
+        ServerCmd { cmd, program: program.to_string() }
     }
 }
 
@@ -635,11 +570,7 @@ impl ServerCmd {
 
     /// Runs to completion; an error carries the command's output.
     async fn run(&mut self) -> anyhow::Result<()> {
-        let out = self
-            .cmd
-            .output()
-            .await
-            .with_context(|| format!("running {}", self.program))?;
+        let out = self.cmd.output().await.with_context(|| format!("running {}", self.program))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -655,9 +586,7 @@ impl ServerCmd {
 }
 
 async fn connect(url: &str) -> PgConnection {
-    PgConnection::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+    PgConnection::connect(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
 }
 
 async fn pool(url: &str) -> PgPool {
@@ -692,13 +621,12 @@ async fn wait_replayed(primary_admin_url: &str, standby_admin_url: &str) {
         let Ok(mut conn) = PgConnection::connect(standby_admin_url).await else {
             return false;
         };
-        let done: Option<bool> =
-            sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
-                .bind(&target)
-                .fetch_one(&mut conn)
-                .await
-                .ok()
-                .flatten();
+        let done: Option<bool> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn")
+            .bind(&target)
+            .fetch_one(&mut conn)
+            .await
+            .ok()
+            .flatten();
         let _ = conn.close().await;
         done == Some(true)
     })
@@ -719,8 +647,8 @@ fn find_pg_bin() -> anyhow::Result<PathBuf> {
         for entry in std::env::split_paths(&path) {
             let candidate = entry.join("initdb");
             if candidate.is_file() {
-                let real = std::fs::canonicalize(&candidate)
-                    .with_context(|| format!("resolving {}", candidate.display()))?;
+                let real =
+                    std::fs::canonicalize(&candidate).with_context(|| format!("resolving {}", candidate.display()))?;
                 if let Some(dir) = real.parent() {
                     return Ok(dir.to_path_buf());
                 }
@@ -762,22 +690,15 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn append(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn run_checked(cmd: &mut std::process::Command) -> anyhow::Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }

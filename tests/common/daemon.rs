@@ -1,0 +1,157 @@
+//! Driving the real `pgbackfill` binary from tests: a jobs directory, daemons, CLI calls.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgbackfill"))
+}
+
+/// A temporary jobs directory.
+pub struct JobsDir {
+    dir: tempfile::TempDir,
+}
+
+impl JobsDir {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write `<file>.yaml` with the given YAML text.
+    pub fn write(&self, file: &str, yaml: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("{file}.yaml"));
+        std::fs::write(&p, yaml).expect("write spec");
+        p
+    }
+
+    pub fn remove(&self, file: &str) {
+        let _ = std::fs::remove_file(self.dir.path().join(format!("{file}.yaml")));
+    }
+}
+
+/// A running `pgbackfill run` process; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+/// Options that make daemons react quickly in tests.
+pub const FAST: &[&str] =
+    &["--scan-interval", "200ms", "--lag-poll-interval", "200ms", "--lease", "3s", "--metrics-addr", ""];
+
+impl Daemon {
+    /// Start a daemon on `url` over `jobs`, with [`FAST`] settings plus `extra` arguments.
+    pub fn start(url: &str, jobs: &Path, extra: &[&str]) -> Daemon {
+        let logdir = tempfile::tempdir().expect("tempdir");
+        let log = logdir.path().join("daemon.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(bin())
+            .arg("run")
+            .arg("--jobs")
+            .arg(jobs)
+            .args(FAST)
+            .args(extra)
+            .env("DATABASE_URL", url)
+            .env("PGBACKFILL_LOG", "info,pgbackfill=debug,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn pgbackfill run");
+        Daemon { child: Some(child), log, _logdir: logdir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The daemon's log so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the crash we must survive.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM: graceful shutdown.
+    pub fn terminate(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        }
+    }
+
+    /// Wait for the process to exit by itself.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("daemon already reaped");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if start.elapsed() > deadline {
+                panic!("daemon did not exit within {deadline:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Run a CLI command (`status`, `pause`, `check` …) against `url`.
+pub fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env("DATABASE_URL", url).stdin(Stdio::null()).output().expect("run pgbackfill")
+}
+
+/// Run a CLI command without any database in the environment.
+pub fn cli_offline(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).env_remove("DATABASE_URL").stdin(Stdio::null()).output().expect("run pgbackfill")
+}
+
+/// A job's state in the progress table (`None` before the daemon registered it).
+pub async fn job_state(pool: &PgPool, name: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM pgbackfill.jobs WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Wait until a job reaches `state`, with the daemon log in the panic message.
+pub async fn wait_state(pool: &PgPool, name: &str, state: &str, deadline: Duration, daemon: Option<&Daemon>) {
+    let start = Instant::now();
+    loop {
+        let s = job_state(pool, name).await;
+        if s.as_deref() == Some(state) {
+            return;
+        }
+        if start.elapsed() > deadline {
+            panic!(
+                "job {name} did not reach {state} within {deadline:?} (now {s:?}); daemon log:\n{}",
+                daemon.map(|d| d.log()).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
