@@ -104,24 +104,19 @@ impl Supervisor {
     async fn run(&mut self) -> Outcome {
         loop {
             let done = self.scan().await;
-            if let Some(outcome) = done {
-                if self.tasks.is_empty() {
-                    return outcome;
-                }
+            if let Some(outcome) = done
+                && self.tasks.is_empty()
+            {
+                return outcome;
             }
-            let tick = tokio::time::sleep(self.cfg.scan_interval);
-            tokio::pin!(tick);
-            loop {
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return Outcome::Shutdown,
-                    _ = &mut tick => break,
-                    Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                        match res {
-                            Ok((name, outcome)) => self.worker_finished(&name, outcome).await,
-                            Err(e) => tracing::error!(error = %e, "worker task panicked"),
-                        }
-                        // A finished range may free a slot or complete a job: rescan soon.
-                        break;
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Outcome::Shutdown,
+                _ = tokio::time::sleep(self.cfg.scan_interval) => {}
+                Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    // A finished range may free a slot or complete a job: rescan now.
+                    match res {
+                        Ok((name, outcome)) => self.worker_finished(&name, outcome).await,
+                        Err(e) => tracing::error!(error = %e, "worker task panicked"),
                     }
                 }
             }
@@ -226,7 +221,10 @@ impl Supervisor {
             )
             .await
         {
-            Ok(row) => row,
+            Ok(row) => {
+                publish_state(&name, row.state);
+                row
+            }
             Err(e @ ProgressError::MeaningChanged { .. }) => {
                 self.resolved.remove(&name);
                 return Err(e.to_string());
@@ -346,6 +344,14 @@ impl Supervisor {
     }
 }
 
+/// `pgbackfill_job_state{job, state}`: 1 for the current state, 0 for the others, so dashboards can
+/// show and alert on state without string parsing.
+fn publish_state(job: &str, state: State) {
+    for s in [State::Pending, State::Running, State::Paused, State::Completed, State::Failed, State::Cancelled] {
+        gauge!(m::JOB_STATE, "job" => job.to_string(), "state" => s.as_str()).set(if s == state { 1.0 } else { 0.0 });
+    }
+}
+
 fn invalid_dedup(v: &mut Vec<String>) {
     v.sort();
     v.dedup();
@@ -423,30 +429,6 @@ fn split(keys: Vec<KeyValue>, upper: KeyValue, n: usize) -> Vec<(Option<KeyValue
     ranges
 }
 
-#[cfg(test)]
-mod tests {
-    use super::split;
-
-    fn k(v: i32) -> Vec<String> {
-        vec![v.to_string()]
-    }
-
-    #[test]
-    fn splits_on_sample_quantiles() {
-        // Sparse keys: 0..10 and 1000..1010. Quantiles put the boundary inside the dense data.
-        let keys: Vec<_> = (0..10).chain(1000..1010).map(k).collect();
-        let r = split(keys, k(5000), 2);
-        assert_eq!(r, vec![(None, k(1000)), (Some(k(1000)), k(5000))]);
-    }
-
-    #[test]
-    fn fewer_keys_than_ranges() {
-        assert_eq!(split(vec![], k(7), 4), vec![(None, k(7))]);
-        let r = split(vec![k(1)], k(7), 4);
-        assert_eq!(r, vec![(None, k(1)), (Some(k(1)), k(7))]);
-    }
-}
-
 trait BindAll<'q> {
     fn bind_all_keys(self, key: &'q KeyValue) -> Self;
 }
@@ -471,5 +453,29 @@ async fn renew_leases(progress: Progress, owner: String, lease: Duration, cancel
         if let Err(e) = progress.renew(&owner, lease).await {
             tracing::warn!(error = %e, "could not renew range leases");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    fn k(v: i32) -> Vec<String> {
+        vec![v.to_string()]
+    }
+
+    #[test]
+    fn splits_on_sample_quantiles() {
+        // Sparse keys: 0..10 and 1000..1010. Quantiles put the boundary inside the dense data.
+        let keys: Vec<_> = (0..10).chain(1000..1010).map(k).collect();
+        let r = split(keys, k(5000), 2);
+        assert_eq!(r, vec![(None, k(1000)), (Some(k(1000)), k(5000))]);
+    }
+
+    #[test]
+    fn fewer_keys_than_ranges() {
+        assert_eq!(split(vec![], k(7), 4), vec![(None, k(7))]);
+        let r = split(vec![k(1)], k(7), 4);
+        assert_eq!(r, vec![(None, k(1)), (Some(k(1)), k(7))]);
     }
 }

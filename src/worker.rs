@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{self, Statements};
 use crate::catalog::Resolved;
 use crate::metrics as m;
-use crate::progress::{Claim, Progress, ProgressError, State};
+use crate::progress::{Advance, Claim, Progress, ProgressError, State};
 use crate::retry::{self, Backoff, Disposition};
 use crate::sizer::Sizer;
 use crate::spec::JobSpec;
@@ -166,10 +166,14 @@ async fn one_batch(ctx: &Context, job: &Job, claim: &Claim, limit: i64) -> Resul
     }
     let result = batch::execute(&mut tx, &job.statements, locked.cursor.as_ref(), &locked.upper_bound, limit).await?;
     let done = result.scanned < limit || result.cursor.as_ref() == Some(&locked.upper_bound);
-    ctx.progress
-        .advance(&mut tx, claim, result.cursor.as_ref(), result.scanned, result.updated, done, limit)
-        .await
-        .map_err(db_error)?;
+    let step = Advance {
+        cursor: result.cursor.as_ref(),
+        scanned: result.scanned,
+        updated: result.updated,
+        done,
+        batch_size: limit,
+    };
+    ctx.progress.advance(&mut tx, claim, &step).await.map_err(db_error)?;
     tx.commit().await?;
     Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done })
 }
