@@ -401,12 +401,13 @@ async fn a_job_failed_on_a_check_constraint_resumes_once_the_cause_is_fixed() {
     // Without --exit-when-done: the daemon must still be there when the job is resumed.
     let mut daemon = Daemon::start(&db.url, jobs.path(), &[]);
     wait_state(&pool, "checked", "failed", DEADLINE, Some(&daemon)).await;
+    // The failed range is given back (a range kept here would be renewed forever, never resumed).
+    wait_released(&pool, "checked", &daemon).await;
     let j = job_now(&pool, "checked").await;
     assert!(j.last_error.as_deref().is_some_and(|e| e.contains("small")), "names the constraint: {j:?}");
     // Every slice before the violating row was done, nothing at or after it.
     assert_eq!(count(&pool, "SELECT count(*) FROM t WHERE id >= 100 AND n <> 0").await, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM t WHERE n = 1").await, j.rows_updated);
-    assert_eq!(j.owned, 0, "a failed job holds no range: {j:?}");
 
     sqlx::query("ALTER TABLE t DROP CONSTRAINT small").execute(&pool).await.unwrap();
     assert!(run_cli(&db.url, &["resume", "checked"]).contains("checked: running"));
