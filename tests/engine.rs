@@ -227,9 +227,10 @@ async fn composite_text_timestamptz_and_uuid_keys_update_every_row_exactly_once(
     assert!(sizes.iter().all(|&s| s >= 250), "{sizes:?}");
 
     let jobs = JobsDir::new();
-    jobs.write("items", &spec("items", "items", 7, "key: [order_id, line_no]\n"));
-    jobs.write("words", &spec("words", "words", 7, ""));
-    jobs.write("events", &spec("events", "events", 7, ""));
+    // Several ranges too: their boundaries are key values of each type, sampled in key order.
+    jobs.write("items", &spec("items", "items", 7, "key: [order_id, line_no]\nconcurrency: 3\n"));
+    jobs.write("words", &spec("words", "words", 7, "concurrency: 3\n"));
+    jobs.write("events", &spec("events", "events", 7, "concurrency: 2\n"));
     jobs.write("tokens", &spec("tokens", "tokens", 7, ""));
     let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
     let status = exit_of(&mut daemon);
@@ -241,6 +242,7 @@ async fn composite_text_timestamptz_and_uuid_keys_update_every_row_exactly_once(
         assert_eq!(j.state, "completed", "{t}: {j:?}");
         assert_eq!((j.rows_updated, j.rows_scanned), (size, size), "{t}: {j:?}");
         assert!(j.last_error.is_none(), "{t}: {j:?}");
+        assert_eq!(j.ranges > 1, *t != "tokens", "{t}: {j:?}");
     }
 }
 
@@ -579,6 +581,33 @@ async fn changing_a_running_jobs_set_is_refused_and_tuning_is_accepted() {
     assert!(size.is_some_and(|s| s > 5 && s <= 40), "the new batch size was used: {size:?}");
     daemon.terminate();
     assert_eq!(exit_of(&mut daemon).code(), Some(0), "graceful shutdown; log:\n{}", daemon.log());
+}
+
+#[tokio::test]
+async fn after_a_refused_meaning_change_reset_runs_the_new_meaning() {
+    let (db, pool) = database(
+        "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let jobs = JobsDir::new();
+    jobs.write("job", &spec("remedy", "t", 30, ""));
+    let daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_state(&pool, "remedy", "completed", DEADLINE, Some(&daemon)).await;
+    let first = job_now(&pool, "remedy").await;
+
+    jobs.write("job", &spec("remedy", "t", 30, "").replace("n + 1", "n + 10"));
+    wait_until(REACT, "the daemon to refuse the new meaning", || async {
+        daemon.log().contains("pgbackfill reset remedy")
+    })
+    .await;
+    assert_eq!(histogram(&pool, "t").await, vec![(1, 100)], "a completed job is not re-run with a new meaning");
+    run_cli(&db.url, &["reset", "remedy"]);
+    wait_until(DEADLINE, "the new meaning to run to completion", || async {
+        job(&pool, "remedy").await.is_some_and(|j| j.created_at > first.created_at && j.state == "completed")
+    })
+    .await;
+    assert_eq!(histogram(&pool, "t").await, vec![(11, 100)]);
 }
 
 #[tokio::test]
