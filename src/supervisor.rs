@@ -47,7 +47,8 @@ pub enum Outcome {
     Shutdown,
     /// `exit_when_done`: every job completed.
     AllCompleted,
-    /// `exit_when_done`: every job ended, some not completed (failed, cancelled, invalid spec).
+    /// `exit_when_done`: every job ended, some not cleanly completed (failed, cancelled, invalid
+    /// spec, or completed with rows still matching `where`).
     NotAllCompleted { failed: Vec<String> },
 }
 
@@ -149,35 +150,40 @@ impl Supervisor {
             invalid.push(p.file.display().to_string());
         }
         let mut ended: BTreeMap<String, State> = BTreeMap::new();
+        let mut open = 0usize;
         for loaded in report.jobs {
             let name = loaded.spec.name.clone();
             match self.consider(loaded.spec).await {
                 Ok(Some(state)) if state.is_terminal() => {
                     ended.insert(name, state);
                 }
-                Ok(_) => {}
+                Ok(_) => open += 1,
                 Err(message) => {
                     self.report_once(format!("job `{name}` ({}): {message}", loaded.path.display()));
                     invalid.push(name);
                 }
             }
         }
-        let loaded_count = ended.len() + invalid.len();
-        if !self.cfg.exit_when_done || self.cancel.is_cancelled() {
-            return None;
-        }
         // Done when nothing is left that could still make progress.
-        let all_ended = self.active.is_empty() && self.tasks.is_empty() && {
-            let total = spec::load_paths(std::slice::from_ref(&self.cfg.jobs_dir));
-            total.jobs.len() + total.problems.len() <= loaded_count
-        };
-        if !all_ended {
+        if !self.cfg.exit_when_done || self.cancel.is_cancelled() || open > 0 || !self.tasks.is_empty() {
             return None;
         }
         let mut failed: Vec<String> =
             ended.iter().filter(|(_, s)| **s != State::Completed).map(|(n, s)| format!("{n} ({s})")).collect();
+        // Completed but verification found rows still matching `where`: a pipeline that goes on to the
+        // contract step (SET NOT NULL, drop the old column) must not take that as success.
+        if let Ok(rows) = self.ctx.progress.jobs().await {
+            for r in rows {
+                if ended.get(&r.name) == Some(&State::Completed)
+                    && let Some(n) = r.leftover_rows.filter(|n| *n > 0)
+                {
+                    failed.push(format!("{} (completed, {n} rows still match where)", r.name));
+                }
+            }
+        }
         failed.extend(invalid.into_iter().map(|n| format!("{n} (invalid)")));
-        invalid_dedup(&mut failed);
+        failed.sort();
+        failed.dedup();
         Some(if failed.is_empty() { Outcome::AllCompleted } else { Outcome::NotAllCompleted { failed } })
     }
 
@@ -350,11 +356,6 @@ fn publish_state(job: &str, state: State) {
     for s in [State::Pending, State::Running, State::Paused, State::Completed, State::Failed, State::Cancelled] {
         gauge!(m::JOB_STATE, "job" => job.to_string(), "state" => s.as_str()).set(if s == state { 1.0 } else { 0.0 });
     }
-}
-
-fn invalid_dedup(v: &mut Vec<String>) {
-    v.sort();
-    v.dedup();
 }
 
 fn spec_json(spec: &JobSpec) -> serde_json::Value {

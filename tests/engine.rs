@@ -526,8 +526,9 @@ async fn a_set_that_does_not_fix_the_where_is_reported_not_silently_done() {
         "name: wrong\ntable: t\nset:\n  other: '1'\nwhere: flag IS NULL\nbatch:\n  size: 7\n  min_size: 1\n",
     );
     let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
-    // The job ran to its end, so the daemon reports success; `status` carries the warning.
-    assert_eq!(exit_of(&mut daemon).code(), Some(0), "log:\n{}", daemon.log());
+    // The job ran to its end but did not do what `where` says: not a success for a pipeline.
+    assert_eq!(exit_of(&mut daemon).code(), Some(1), "log:\n{}", daemon.log());
+    assert!(daemon.log().contains("wrong (completed, 120 rows still match where)"), "{}", daemon.log());
     assert_eq!(count(&pool, "SELECT count(*) FROM t WHERE other = 1").await, 120);
     let j = job_now(&pool, "wrong").await;
     assert_eq!((j.state.as_str(), j.rows_updated, j.leftover_rows), ("completed", 120, Some(120)), "{j:?}");
