@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use sqlx::PgPool;
+use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
 
 use crate::catalog::{self, Resolved};
 use crate::spec::{self, JobSpec, Problem};
@@ -97,7 +98,7 @@ async fn check_statements(
     use sqlx::{Executor, SqlSafeStr};
     let statements = resolved.target.statements();
     if let Err(e) = conn.prepare(sqlx::AssertSqlSafe(statements.next_batch.clone()).into_sql_str()).await {
-        let (field, hint) = blame(&e, spec);
+        let (field, hint) = blame(&e, spec, &statements.next_batch);
         return match e {
             sqlx::Error::Database(db) => Ok(vec![catalog::Finding {
                 field,
@@ -163,13 +164,29 @@ fn walk_plan(v: &serde_json::Value, f: &mut dyn FnMut(&serde_json::Map<String, s
     }
 }
 
-/// Which spec field a prepare error most likely comes from: PostgreSQL reports a character position
-/// in the statement; we know where each expression sits.
-fn blame(e: &sqlx::Error, spec: &JobSpec) -> (String, String) {
+/// Which spec field a prepare error comes from. PostgreSQL reports a character position in the
+/// statement for most errors (unknown function, operator or type mismatch, syntax), and we know
+/// where each expression sits; the message text is only a fallback for errors without a position.
+fn blame(e: &sqlx::Error, spec: &JobSpec, statement: &str) -> (String, String) {
     let msg = match e {
         sqlx::Error::Database(db) => db.message().to_string(),
         other => other.to_string(),
     };
+    let position = match e {
+        sqlx::Error::Database(db) => db.try_downcast_ref::<PgDatabaseError>().and_then(|pg| match pg.position() {
+            Some(PgErrorPosition::Original(p)) => Some(p),
+            _ => None,
+        }),
+        _ => None,
+    };
+    if let Some(field) = position.and_then(|p| field_at(statement, p, spec)) {
+        let hint = if field == "where" {
+            "fix the SQL predicate"
+        } else {
+            "fix the SQL expression; it is evaluated for each updated row"
+        };
+        return (field, hint.into());
+    }
     for (col, expr) in &spec.set {
         if msg.contains(expr.trim()) || mentions_identifier(&msg, expr) {
             return (format!("set.{col}"), "fix the SQL expression; it is evaluated for each updated row".into());
@@ -186,6 +203,28 @@ fn blame(e: &sqlx::Error, spec: &JobSpec) -> (String, String) {
         }
         _ => ("set/where".into(), "fix the SQL in `set` or `where`".into()),
     }
+}
+
+/// The spec field whose text covers 1-based character `position` of the batch statement, which
+/// embeds each `set` entry as `"col" = (expr)` and `where` as `AND (predicate)` in its UPDATE.
+/// The parentheses count as the field's: a truncated expression fails at its closing one.
+fn field_at(statement: &str, position: usize, spec: &JobSpec) -> Option<String> {
+    let at = statement.char_indices().nth(position.checked_sub(1)?)?.0;
+    let update = statement.find("UPDATE ")?;
+    let covers = |needle: &str, inner: &str| {
+        statement[update..].find(needle).map(|start| {
+            let end = update + start + needle.len();
+            (end - inner.len() - 2..end).contains(&at)
+        })
+    };
+    for (written, expr) in &spec.set {
+        let Ok(column) = crate::ident::parse_ident(written) else { continue };
+        if covers(&format!("{} = ({expr})", crate::ident::quote_ident(&column)), expr) == Some(true) {
+            return Some(format!("set.{written}"));
+        }
+    }
+    let w = spec.where_.as_deref()?;
+    (covers(&format!("AND ({w})"), w) == Some(true)).then(|| "where".to_string())
 }
 
 /// PostgreSQL names the offending identifier in quotes (`column "x" does not exist`).

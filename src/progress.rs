@@ -195,6 +195,18 @@ pub struct Locked {
     pub done: bool,
 }
 
+/// What one committed batch did to its range.
+#[derive(Debug, Clone, Copy)]
+pub struct Advance<'a> {
+    /// The slice's largest key (`None`: empty slice, cursor unchanged).
+    pub cursor: Option<&'a KeyValue>,
+    pub scanned: i64,
+    pub updated: i64,
+    /// The range is finished.
+    pub done: bool,
+    pub batch_size: i64,
+}
+
 /// Handle on the progress schema. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -423,16 +435,8 @@ impl Progress {
     }
 
     /// Last statement of a batch transaction: move the cursor and counters.
-    pub async fn advance(
-        &self,
-        tx: &mut Tx<'_>,
-        claim: &Claim,
-        cursor: Option<&KeyValue>,
-        scanned: i64,
-        updated: i64,
-        done: bool,
-        batch_size: i64,
-    ) -> Result<(), ProgressError> {
+    pub async fn advance(&self, tx: &mut Tx<'_>, claim: &Claim, step: &Advance<'_>) -> Result<(), ProgressError> {
+        let Advance { cursor, scanned, updated, done, batch_size } = *step;
         sqlx::query(self.sql(
             "UPDATE {schema}.ranges SET cursor = coalesce($5, cursor), rows_scanned = rows_scanned + $6, \
              rows_updated = rows_updated + $7, batches = batches + 1, done = $8, batch_size = $9, \

@@ -47,7 +47,8 @@ pub enum Outcome {
     Shutdown,
     /// `exit_when_done`: every job completed.
     AllCompleted,
-    /// `exit_when_done`: every job ended, some not completed (failed, cancelled, invalid spec).
+    /// `exit_when_done`: every job ended, some not cleanly completed (failed, cancelled, invalid
+    /// spec, or completed with rows still matching `where`).
     NotAllCompleted { failed: Vec<String> },
 }
 
@@ -104,24 +105,19 @@ impl Supervisor {
     async fn run(&mut self) -> Outcome {
         loop {
             let done = self.scan().await;
-            if let Some(outcome) = done {
-                if self.tasks.is_empty() {
-                    return outcome;
-                }
+            if let Some(outcome) = done
+                && self.tasks.is_empty()
+            {
+                return outcome;
             }
-            let tick = tokio::time::sleep(self.cfg.scan_interval);
-            tokio::pin!(tick);
-            loop {
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return Outcome::Shutdown,
-                    _ = &mut tick => break,
-                    Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                        match res {
-                            Ok((name, outcome)) => self.worker_finished(&name, outcome).await,
-                            Err(e) => tracing::error!(error = %e, "worker task panicked"),
-                        }
-                        // A finished range may free a slot or complete a job: rescan soon.
-                        break;
+            tokio::select! {
+                _ = self.cancel.cancelled() => return Outcome::Shutdown,
+                _ = tokio::time::sleep(self.cfg.scan_interval) => {}
+                Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    // A finished range may free a slot or complete a job: rescan now.
+                    match res {
+                        Ok((name, outcome)) => self.worker_finished(&name, outcome).await,
+                        Err(e) => tracing::error!(error = %e, "worker task panicked"),
                     }
                 }
             }
@@ -154,35 +150,40 @@ impl Supervisor {
             invalid.push(p.file.display().to_string());
         }
         let mut ended: BTreeMap<String, State> = BTreeMap::new();
+        let mut open = 0usize;
         for loaded in report.jobs {
             let name = loaded.spec.name.clone();
             match self.consider(loaded.spec).await {
                 Ok(Some(state)) if state.is_terminal() => {
                     ended.insert(name, state);
                 }
-                Ok(_) => {}
+                Ok(_) => open += 1,
                 Err(message) => {
                     self.report_once(format!("job `{name}` ({}): {message}", loaded.path.display()));
                     invalid.push(name);
                 }
             }
         }
-        let loaded_count = ended.len() + invalid.len();
-        if !self.cfg.exit_when_done || self.cancel.is_cancelled() {
-            return None;
-        }
         // Done when nothing is left that could still make progress.
-        let all_ended = self.active.is_empty() && self.tasks.is_empty() && {
-            let total = spec::load_paths(std::slice::from_ref(&self.cfg.jobs_dir));
-            total.jobs.len() + total.problems.len() <= loaded_count
-        };
-        if !all_ended {
+        if !self.cfg.exit_when_done || self.cancel.is_cancelled() || open > 0 || !self.tasks.is_empty() {
             return None;
         }
         let mut failed: Vec<String> =
             ended.iter().filter(|(_, s)| **s != State::Completed).map(|(n, s)| format!("{n} ({s})")).collect();
+        // Completed but verification found rows still matching `where`: a pipeline that goes on to the
+        // contract step (SET NOT NULL, drop the old column) must not take that as success.
+        if let Ok(rows) = self.ctx.progress.jobs().await {
+            for r in rows {
+                if ended.get(&r.name) == Some(&State::Completed)
+                    && let Some(n) = r.leftover_rows.filter(|n| *n > 0)
+                {
+                    failed.push(format!("{} (completed, {n} rows still match where)", r.name));
+                }
+            }
+        }
         failed.extend(invalid.into_iter().map(|n| format!("{n} (invalid)")));
-        invalid_dedup(&mut failed);
+        failed.sort();
+        failed.dedup();
         Some(if failed.is_empty() { Outcome::AllCompleted } else { Outcome::NotAllCompleted { failed } })
     }
 
@@ -226,7 +227,10 @@ impl Supervisor {
             )
             .await
         {
-            Ok(row) => row,
+            Ok(row) => {
+                publish_state(&name, row.state);
+                row
+            }
             Err(e @ ProgressError::MeaningChanged { .. }) => {
                 self.resolved.remove(&name);
                 return Err(e.to_string());
@@ -346,9 +350,12 @@ impl Supervisor {
     }
 }
 
-fn invalid_dedup(v: &mut Vec<String>) {
-    v.sort();
-    v.dedup();
+/// `pgbackfill_job_state{job, state}`: 1 for the current state, 0 for the others, so dashboards can
+/// show and alert on state without string parsing.
+fn publish_state(job: &str, state: State) {
+    for s in [State::Pending, State::Running, State::Paused, State::Completed, State::Failed, State::Cancelled] {
+        gauge!(m::JOB_STATE, "job" => job.to_string(), "state" => s.as_str()).set(if s == state { 1.0 } else { 0.0 });
+    }
 }
 
 fn spec_json(spec: &JobSpec) -> serde_json::Value {
@@ -423,30 +430,6 @@ fn split(keys: Vec<KeyValue>, upper: KeyValue, n: usize) -> Vec<(Option<KeyValue
     ranges
 }
 
-#[cfg(test)]
-mod tests {
-    use super::split;
-
-    fn k(v: i32) -> Vec<String> {
-        vec![v.to_string()]
-    }
-
-    #[test]
-    fn splits_on_sample_quantiles() {
-        // Sparse keys: 0..10 and 1000..1010. Quantiles put the boundary inside the dense data.
-        let keys: Vec<_> = (0..10).chain(1000..1010).map(k).collect();
-        let r = split(keys, k(5000), 2);
-        assert_eq!(r, vec![(None, k(1000)), (Some(k(1000)), k(5000))]);
-    }
-
-    #[test]
-    fn fewer_keys_than_ranges() {
-        assert_eq!(split(vec![], k(7), 4), vec![(None, k(7))]);
-        let r = split(vec![k(1)], k(7), 4);
-        assert_eq!(r, vec![(None, k(1)), (Some(k(1)), k(7))]);
-    }
-}
-
 trait BindAll<'q> {
     fn bind_all_keys(self, key: &'q KeyValue) -> Self;
 }
@@ -471,5 +454,29 @@ async fn renew_leases(progress: Progress, owner: String, lease: Duration, cancel
         if let Err(e) = progress.renew(&owner, lease).await {
             tracing::warn!(error = %e, "could not renew range leases");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    fn k(v: i32) -> Vec<String> {
+        vec![v.to_string()]
+    }
+
+    #[test]
+    fn splits_on_sample_quantiles() {
+        // Sparse keys: 0..10 and 1000..1010. Quantiles put the boundary inside the dense data.
+        let keys: Vec<_> = (0..10).chain(1000..1010).map(k).collect();
+        let r = split(keys, k(5000), 2);
+        assert_eq!(r, vec![(None, k(1000)), (Some(k(1000)), k(5000))]);
+    }
+
+    #[test]
+    fn fewer_keys_than_ranges() {
+        assert_eq!(split(vec![], k(7), 4), vec![(None, k(7))]);
+        let r = split(vec![k(1)], k(7), 4);
+        assert_eq!(r, vec![(None, k(1)), (Some(k(1)), k(7))]);
     }
 }

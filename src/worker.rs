@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{self, Statements};
 use crate::catalog::Resolved;
 use crate::metrics as m;
-use crate::progress::{Claim, Progress, ProgressError, State};
+use crate::progress::{Advance, Claim, Progress, ProgressError, State};
 use crate::retry::{self, Backoff, Disposition};
 use crate::sizer::Sizer;
 use crate::spec::JobSpec;
@@ -94,6 +94,11 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         match one_batch(&ctx, &job, &claim, limit).await {
             Ok(Step::Advanced { scanned, updated, done }) => {
                 let elapsed = started.elapsed();
+                if backoff.attempts() > 0 {
+                    // The transient error is over: `status` must not keep showing it on a job that
+                    // is running (or completed) fine. Best effort, like recording it.
+                    let _ = ctx.progress.note_error(&name, None).await;
+                }
                 backoff.reset();
                 sizer.observe(scanned, elapsed);
                 counter!(m::ROWS_UPDATED, "job" => name.clone()).increment(updated.max(0) as u64);
@@ -139,8 +144,10 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
     throttle.flush(&ctx, &name, None).await;
     gauge!(m::JOB_THROTTLED, "job" => name.clone()).set(0.0);
     match &outcome {
-        RangeOutcome::Done | RangeOutcome::Lost | RangeOutcome::Failed(_) => {}
-        RangeOutcome::NotRunning(_) | RangeOutcome::Stopped => {
+        RangeOutcome::Done | RangeOutcome::Lost => {}
+        // A failed range is released too: `pgbackfill resume` makes a failed job running again, and
+        // a range still owned here would be renewed by this daemon forever and never reclaimed.
+        RangeOutcome::NotRunning(_) | RangeOutcome::Stopped | RangeOutcome::Failed(_) => {
             if let Err(e) = ctx.progress.release(&claim).await {
                 tracing::warn!(job = %name, error = %e, "could not release the range; its lease will expire");
             }
@@ -166,10 +173,14 @@ async fn one_batch(ctx: &Context, job: &Job, claim: &Claim, limit: i64) -> Resul
     }
     let result = batch::execute(&mut tx, &job.statements, locked.cursor.as_ref(), &locked.upper_bound, limit).await?;
     let done = result.scanned < limit || result.cursor.as_ref() == Some(&locked.upper_bound);
-    ctx.progress
-        .advance(&mut tx, claim, result.cursor.as_ref(), result.scanned, result.updated, done, limit)
-        .await
-        .map_err(db_error)?;
+    let step = Advance {
+        cursor: result.cursor.as_ref(),
+        scanned: result.scanned,
+        updated: result.updated,
+        done,
+        batch_size: limit,
+    };
+    ctx.progress.advance(&mut tx, claim, &step).await.map_err(db_error)?;
     tx.commit().await?;
     Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done })
 }

@@ -137,8 +137,13 @@ impl Cluster {
         // As root, use /tmp rather than $TMPDIR: the postgres user must be able to traverse every
         // ancestor of the data directories, and /tmp is world-traversable.
         let base = if as_postgres { PathBuf::from("/tmp") } else { std::env::temp_dir() };
+        // Named after the test binary, so `pgrep -a postgres` shows whose cluster it is.
+        let binary = std::env::current_exe()
+            .ok()
+            .and_then(|p| Some(p.file_stem()?.to_str()?.split('-').next()?.to_string()))
+            .unwrap_or_default();
         let dir = tempfile::Builder::new()
-            .prefix("pgbackfill-test-")
+            .prefix(&format!("pgbackfill-test-{binary}-"))
             .tempdir_in(&base)
             .with_context(|| format!("creating a temporary directory in {}", base.display()))?
             .keep();
@@ -176,6 +181,9 @@ impl Cluster {
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
             .run()
             .await?;
+        // fsync = off: durability is not under test, and it keeps WAL-heavy tests fast. WAL volume
+        // (full_page_writes) and synchronous_commit stay at their defaults, so a commit's WAL is
+        // flushed, and sent to the standby, before COMMIT returns, as in production.
         let conf = format!(
             "\n# pgbackfill test harness\n\
              listen_addresses = '127.0.0.1'\n\
@@ -187,8 +195,6 @@ impl Cluster {
              wal_receiver_status_interval = 1s\n\
              wal_retrieve_retry_interval = 200ms\n\
              fsync = off\n\
-             synchronous_commit = off\n\
-             full_page_writes = off\n\
              shared_buffers = 64MB\n\
              max_wal_size = 1GB\n",
             sock = self.dir.join("sock").display()
@@ -485,11 +491,17 @@ impl Cluster {
     /// Restarts the primary (fast shutdown: open connections are terminated), waits until it
     /// accepts connections and, if the standby is running, until it streams again.
     pub async fn restart_primary(&self) {
+        // `-l` matters: without it the new postmaster writes to pg_ctl's stdout/stderr, which are
+        // our capture pipes, and collecting pg_ctl's output would wait for the postmaster to exit.
         let timeout = STARTUP_DEADLINE.as_secs().to_string();
-        self.pg_ctl(&self.primary_dir(), &["-w", "-t", &timeout, "-m", "fast", "restart"])
-            .await
-            .map_err(|e| self.with_log(e, "primary"))
-            .expect("restarting the primary");
+        let log = self.log_path("primary");
+        self.pg_ctl(
+            &self.primary_dir(),
+            &["-w", "-t", &timeout, "-m", "fast", "-l", &log.to_string_lossy(), "restart"],
+        )
+        .await
+        .map_err(|e| self.with_log(e, "primary"))
+        .expect("restarting the primary");
         if self.standby_running.load(Ordering::SeqCst) {
             self.wait_streaming(STARTUP_DEADLINE)
                 .await
@@ -570,7 +582,11 @@ impl ServerCmd {
 
     /// Runs to completion; an error carries the command's output.
     async fn run(&mut self) -> anyhow::Result<()> {
-        let out = self.cmd.output().await.with_context(|| format!("running {}", self.program))?;
+        // A bound, so a wedged tool fails the test instead of hanging it (kill_on_drop ends it).
+        let out = tokio::time::timeout(2 * STARTUP_DEADLINE, self.cmd.output())
+            .await
+            .map_err(|_| anyhow!("{} did not finish in {:?}", self.program, 2 * STARTUP_DEADLINE))?
+            .with_context(|| format!("running {}", self.program))?;
         if out.status.success() {
             Ok(())
         } else {
