@@ -110,6 +110,10 @@ struct RunArgs {
     /// Jobs this daemon runs at once.
     #[arg(long, env = "PGBACKFILL_MAX_JOBS", default_value_t = 4)]
     max_jobs: usize,
+    /// Database connections this daemon may open. Range workers are capped at this minus 4
+    /// (for the throttle, lease renewal and scans).
+    #[arg(long, env = "PGBACKFILL_MAX_CONNECTIONS", default_value_t = 16)]
+    max_connections: u32,
     /// Exit once every job has ended: 0 if all completed, 1 otherwise (Kubernetes Jobs, CI).
     #[arg(long)]
     exit_when_done: bool,
@@ -262,7 +266,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let url = args.db.require_url()?;
     let owner = owner_id();
     tracing::info!(database = %db::redact_url(&url), owner = %owner, jobs = %args.jobs.display(), "pgbackfill starting");
-    let pool = db::pool(&url, &format!("pgbackfill {owner}"), (args.max_jobs as u32 * 2 + 4).min(64))
+    let max_connections = args.max_connections.max(5);
+    let pool = db::pool(&url, &format!("pgbackfill {owner}"), max_connections)
         .await
         .with_context(|| format!("connecting to {}", db::redact_url(&url)))?;
     let progress = Progress::new(pool.clone(), &args.db.schema);
@@ -289,6 +294,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = supervisor::Config {
         jobs_dir: args.jobs,
         max_jobs: args.max_jobs.max(1),
+        max_workers: (max_connections - 4) as usize,
         owner,
         lease: args.lease,
         scan_interval: args.scan_interval,

@@ -33,6 +33,9 @@ pub struct Config {
     pub jobs_dir: PathBuf,
     /// Jobs this daemon runs at once (a job with several ranges counts once).
     pub max_jobs: usize,
+    /// Range workers this daemon runs at once, over all jobs. Each holds a connection during a
+    /// batch, so this stays below the pool size (the throttle, renewer and scans need some too).
+    pub max_workers: usize,
     /// Unique per daemon process: shows in `status` as the holder of a range.
     pub owner: String,
     pub lease: Duration,
@@ -300,7 +303,8 @@ impl Supervisor {
         let want = job.spec.concurrency.max(1) as usize;
         loop {
             let running = self.active.get(&name).map_or(0, |a| a.workers);
-            if running >= want {
+            let total: usize = self.active.values().map(|a| a.workers).sum();
+            if running >= want || total >= self.cfg.max_workers {
                 return;
             }
             let claim = match self.ctx.progress.claim(&name, &self.cfg.owner, self.cfg.lease).await {
