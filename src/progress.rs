@@ -222,10 +222,6 @@ impl Progress {
         Self { pool, schema: quote_ident(schema), schema_raw: schema.to_string() }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Our SQL with the schema spliced in. The schema is always a quoted identifier, which is why
     /// asserting the string safe is sound.
     fn sql(&self, text: &str) -> AssertSqlSafe<String> {
@@ -455,21 +451,6 @@ impl Progress {
         .bind(batch_size)
         .bind(claim.lease.as_millis() as f64)
         .execute(&mut **tx)
-        .await?;
-        Ok(())
-    }
-
-    /// Mark a range finished outside a batch (e.g. it turned out empty).
-    pub async fn finish_range(&self, claim: &Claim) -> Result<(), ProgressError> {
-        sqlx::query(self.sql(
-            "UPDATE {schema}.ranges SET done = true, owner = NULL, updated_at = now() \
-             WHERE job = $1 AND range_no = $2 AND owner = $3 AND epoch = $4",
-        ))
-        .bind(&claim.job)
-        .bind(claim.range_no)
-        .bind(&claim.owner)
-        .bind(claim.epoch)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
