@@ -8,6 +8,7 @@
 //! The gate fails closed: a measurement it cannot trust (query error, missing privilege, stale
 //! standby replies, no measurement yet) stops the job, with the reason and the fix.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,9 @@ pub struct Standby {
     /// WAL bytes not yet replayed; `None` when unknown.
     pub lag_bytes: Option<i64>,
     pub streaming: bool,
+    /// Why `lag_seconds` is unknown (e.g. no reply for a while), for the throttle reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
 }
 
 /// A replication slot's retained WAL.
@@ -72,8 +76,16 @@ pub type Measurements = watch::Receiver<Arc<Measurement>>;
 pub enum Decision {
     /// Run; `scale` (0 < scale <= 1) shrinks the batch as lag approaches the limit.
     Go { scale: f64 },
-    /// Do not write; the reason names the signal and, where one exists, the fix.
-    Wait { reason: String },
+    /// Do not write; the reason names the signal and, where one exists, the fix. `signal` is a
+    /// stable key for what holds the job (`lag:<standby>`, `slot:<name>` …): the reason's numbers
+    /// change every poll, so callers log and record a *new* throttle only when the signal changes.
+    Wait { reason: String, signal: String },
+}
+
+impl Decision {
+    fn wait(signal: impl Into<String>, reason: impl Into<String>) -> Self {
+        Decision::Wait { reason: reason.into(), signal: signal.into() }
+    }
 }
 
 /// Measurements older than this are not trusted (the controller is stuck or the database is gone).
@@ -100,56 +112,98 @@ impl Gate {
 
     fn evaluate(&self, m: &Measurement) -> Decision {
         if let Some(err) = &m.error {
-            return Decision::Wait { reason: format!("lag unknown: {err}") };
+            return Decision::wait("unknown", format!("lag unknown: {err}"));
         }
-        if m.at.elapsed() > MAX_MEASUREMENT_AGE {
-            return Decision::Wait { reason: format!("lag unknown: last measurement is {:?} old", m.at.elapsed()) };
+        let age = m.at.elapsed();
+        if age > MAX_MEASUREMENT_AGE {
+            return Decision::wait(
+                "stale",
+                format!(
+                    "lag unknown: no lag measurement for {}s (the database is unreachable or slow to answer)",
+                    age.as_secs()
+                ),
+            );
         }
         let min = self.spec.min_replicas.max(0) as usize;
         if m.streaming_count() < min {
-            return Decision::Wait {
-                reason: format!("{} standby(s) streaming, throttle.min_replicas is {min}", m.streaming_count()),
-            };
+            return Decision::wait(
+                "min_replicas",
+                format!("{} standby(s) streaming, throttle.min_replicas is {min}", m.streaming_count()),
+            );
         }
         let max_lag = self.spec.max_lag.as_secs_f64();
         let resume_lag = self.spec.effective_resume_lag().as_secs_f64();
-        // While throttled, the bar to pass is the resume level (hysteresis).
-        let (lag_limit, byte_factor) = if self.throttled { (resume_lag, resume_lag / max_lag) } else { (max_lag, 1.0) };
+        // While throttled, the bar to pass is the resume level (hysteresis). The other signals have
+        // no resume setting: they resume at half their limit.
+        let resume_factor = if self.throttled { resume_lag / max_lag } else { 1.0 };
+        let other_factor = if self.throttled { 0.5 } else { 1.0 };
+        // "over the limit" the first time; while throttled, what it must fall under to resume.
+        let over = |value: String, limit: String, setting: &str| {
+            if self.throttled {
+                let of = if setting == "max_lag" {
+                    "throttle.resume_lag".into()
+                } else {
+                    format!("half of throttle.{setting}")
+                };
+                format!("{value}, waiting for it to fall under {limit} ({of})")
+            } else {
+                format!("{value}, over {limit} (throttle.{setting})")
+            }
+        };
         let mut worst_fraction: f64 = 0.0;
         for s in &m.standbys {
             let Some(lag) = s.lag_seconds else {
-                return Decision::Wait { reason: format!("lag unknown for standby {}", s.name) };
+                let why = s.unknown.as_deref().unwrap_or("no lag reported");
+                return Decision::wait(format!("lag:{}", s.name), format!("lag unknown for standby {}: {why}", s.name));
             };
+            let lag_limit = max_lag * resume_factor;
             if lag > lag_limit {
-                return Decision::Wait {
-                    reason: format!("standby {} replay lag {lag:.1}s over {}s", s.name, fmt_secs(lag_limit)),
-                };
+                return Decision::wait(
+                    format!("lag:{}", s.name),
+                    over(
+                        format!("standby {} replay lag {lag:.1}s", s.name),
+                        format!("{}s", fmt_secs(lag_limit)),
+                        "max_lag",
+                    ),
+                );
             }
             worst_fraction = worst_fraction.max(lag / max_lag);
             if let Some(max_bytes) = self.spec.max_lag_bytes {
-                let limit = max_bytes.as_u64() as f64 * byte_factor;
+                let limit = max_bytes.as_u64() as f64 * resume_factor;
                 match s.lag_bytes {
-                    None => return Decision::Wait { reason: format!("byte lag unknown for standby {}", s.name) },
+                    None => {
+                        return Decision::wait(
+                            format!("bytes:{}", s.name),
+                            format!("byte lag unknown for standby {}", s.name),
+                        );
+                    }
                     Some(b) if b as f64 > limit => {
-                        return Decision::Wait {
-                            reason: format!("standby {} is {b} bytes behind, over {} bytes", s.name, limit as u64),
-                        };
+                        return Decision::wait(
+                            format!("bytes:{}", s.name),
+                            over(
+                                format!("standby {} is {b} bytes behind", s.name),
+                                format!("{} bytes", limit as u64),
+                                "max_lag_bytes",
+                            ),
+                        );
                     }
                     Some(b) => worst_fraction = worst_fraction.max(b as f64 / max_bytes.as_u64() as f64),
                 }
             }
         }
         if let Some(max_slot) = self.spec.max_slot_retained_bytes {
-            let limit = max_slot.as_u64() as f64 * if self.throttled { 0.5 } else { 1.0 };
+            let limit = max_slot.as_u64() as f64 * other_factor;
             for slot in &m.slots {
                 match slot.retained_bytes {
                     Some(b) if b as f64 > limit => {
-                        return Decision::Wait {
-                            reason: format!(
-                                "replication slot {} retains {b} bytes of WAL, over {} bytes",
-                                slot.name, limit as u64
+                        return Decision::wait(
+                            format!("slot:{}", slot.name),
+                            over(
+                                format!("replication slot {} retains {b} bytes of WAL", slot.name),
+                                format!("{} bytes", limit as u64),
+                                "max_slot_retained_bytes",
                             ),
-                        };
+                        );
                     }
                     Some(b) => worst_fraction = worst_fraction.max(b as f64 / max_slot.as_u64() as f64),
                     None => {}
@@ -157,12 +211,17 @@ impl Gate {
             }
         }
         if let Some(max_age) = self.spec.max_transaction_age {
-            let limit = max_age.as_secs_f64() * if self.throttled { 0.5 } else { 1.0 };
+            let limit = max_age.as_secs_f64() * other_factor;
             match m.oldest_transaction_seconds {
                 Some(age) if age > limit => {
-                    return Decision::Wait {
-                        reason: format!("oldest open transaction is {age:.0}s old, over {}s", fmt_secs(limit)),
-                    };
+                    return Decision::wait(
+                        "transaction",
+                        over(
+                            format!("oldest open transaction is {age:.0}s old"),
+                            format!("{}s", fmt_secs(limit)),
+                            "max_transaction_age",
+                        ),
+                    );
                 }
                 _ => {}
             }
@@ -179,69 +238,6 @@ pub fn scale_for(fraction_of_limit: f64) -> f64 {
 
 fn fmt_secs(s: f64) -> String {
     if s.fract() == 0.0 { format!("{s:.0}") } else { format!("{s:.1}") }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn measured(lag: f64, bytes: i64) -> Measurement {
-        Measurement {
-            at: Instant::now(),
-            standbys: vec![Standby {
-                name: "s1".into(),
-                lag_seconds: Some(lag),
-                lag_bytes: Some(bytes),
-                streaming: true,
-            }],
-            slots: vec![],
-            oldest_transaction_seconds: None,
-            error: None,
-        }
-    }
-
-    fn spec() -> ThrottleSpec {
-        ThrottleSpec { max_lag: Duration::from_secs(10), ..ThrottleSpec::default() }
-    }
-
-    #[test]
-    fn hysteresis() {
-        let mut g = Gate::new(spec());
-        assert!(matches!(g.decide(&measured(1.0, 0)), Decision::Go { scale } if scale == 1.0));
-        assert!(matches!(g.decide(&measured(11.0, 0)), Decision::Wait { .. }));
-        // Below max but above resume (5s): still waiting.
-        assert!(matches!(g.decide(&measured(7.0, 0)), Decision::Wait { .. }));
-        assert!(matches!(g.decide(&measured(4.0, 0)), Decision::Go { .. }));
-        // Not throttled any more: 7s is allowed again, at reduced speed.
-        assert!(matches!(g.decide(&measured(7.0, 0)), Decision::Go { scale } if scale < 1.0));
-    }
-
-    #[test]
-    fn fails_closed() {
-        let mut g = Gate::new(spec());
-        assert!(matches!(g.decide(&Measurement::unknown()), Decision::Wait { .. }));
-        let mut m = measured(0.0, 0);
-        m.standbys[0].lag_seconds = None;
-        assert!(matches!(g.decide(&m), Decision::Wait { reason } if reason.contains("unknown")));
-    }
-
-    #[test]
-    fn min_replicas_and_bytes() {
-        let mut g =
-            Gate::new(ThrottleSpec { min_replicas: 1, max_lag_bytes: Some(bytesize::ByteSize::mb(1)), ..spec() });
-        let mut none = measured(0.0, 0);
-        none.standbys.clear();
-        assert!(matches!(g.decide(&none), Decision::Wait { reason } if reason.contains("min_replicas")));
-        assert!(matches!(g.decide(&measured(0.0, 2_000_000)), Decision::Wait { reason } if reason.contains("bytes")));
-        assert!(matches!(g.decide(&measured(0.0, 100)), Decision::Go { .. }));
-    }
-
-    #[test]
-    fn scale_is_smooth() {
-        assert_eq!(scale_for(0.2), 1.0);
-        assert!(scale_for(0.75) < 1.0 && scale_for(0.75) > scale_for(0.95));
-        assert!((scale_for(1.0) - 0.1).abs() < 1e-9);
-    }
 }
 
 /// Settings of the lag poller.
@@ -297,11 +293,31 @@ impl LsnHistory {
     }
 }
 
-/// Byte lag below which a NULL `replay_lag` means "caught up" (an idle system reports NULL).
-const CAUGHT_UP_BYTES: i64 = 1024 * 1024;
-
-/// Byte lag below which the primary-side time estimate is not used.
+/// Byte lag below which the primary-side time estimate is not used: a few KiB behind is a standby
+/// between replies, not lag, and would otherwise count as ever-growing time in an idle system.
 const SMALL_GAP_BYTES: i64 = 64 * 1024;
+
+/// What the controller remembers between polls.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    history: LsnHistory,
+    /// Per walsender pid: its last `reply_time` and when (on our clock) we saw it change. A frozen
+    /// walreceiver keeps its row, its state `streaming` and its last `replay_lag`; only a
+    /// `reply_time` that stops changing shows it. Comparing `reply_time` with the primary's clock
+    /// instead would mix two machines' clocks.
+    replies: HashMap<i32, (Option<f64>, Instant)>,
+}
+
+impl Tracker {
+    /// How long the standby behind walsender `pid` has sent nothing new, on the primary's clock.
+    fn silent_for(&mut self, pid: i32, reply_time: Option<f64>, now: Instant) -> Duration {
+        let entry = self.replies.entry(pid).or_insert((reply_time, now));
+        if entry.0 != reply_time {
+            *entry = (reply_time, now);
+        }
+        now.duration_since(entry.1)
+    }
+}
 
 /// Poll the primary until cancelled, publishing every measurement.
 pub fn spawn_controller(
@@ -311,15 +327,16 @@ pub fn spawn_controller(
 ) -> Measurements {
     let (tx, rx) = watch::channel(Arc::new(Measurement::unknown()));
     tokio::spawn(async move {
-        let mut history = LsnHistory::default();
+        let mut tracker = Tracker::default();
+        let mut published = PublishedMetrics::default();
         let mut last_error: Option<String> = None;
         loop {
-            let m = measure(&pool, &cfg, &mut history).await;
-            publish_metrics(&m);
+            let m = measure(&pool, &cfg, &mut tracker).await;
+            published.publish(&m);
             if m.error != last_error {
                 match &m.error {
                     Some(e) => tracing::warn!(error = %e, "replica lag unknown: throttling every job (fail closed)"),
-                    None => tracing::info!("replica lag measurement ok"),
+                    None => tracing::info!(standbys = m.standbys.len(), "replica lag measurement ok"),
                 }
                 last_error = m.error.clone();
             }
@@ -335,11 +352,12 @@ pub fn spawn_controller(
     rx
 }
 
-type ReplicationRow = (String, Option<String>, Option<f64>, Option<f64>, Option<f64>);
+/// pid, name, state, replay position, `replay_lag`, `reply_time` (epoch seconds).
+type ReplicationRow = (i32, String, Option<String>, Option<f64>, Option<f64>, Option<f64>);
 
 /// One poll. Never fails: a failure is a measurement with `error` set.
-pub async fn measure(pool: &sqlx::PgPool, cfg: &ControllerConfig, history: &mut LsnHistory) -> Measurement {
-    match try_measure(pool, cfg, history).await {
+pub async fn measure(pool: &sqlx::PgPool, cfg: &ControllerConfig, tracker: &mut Tracker) -> Measurement {
+    match try_measure(pool, cfg, tracker).await {
         Ok(m) => m,
         Err(e) => {
             Measurement { error: Some(format!("cannot read pg_stat_replication: {e}")), ..Measurement::unknown() }
@@ -350,68 +368,85 @@ pub async fn measure(pool: &sqlx::PgPool, cfg: &ControllerConfig, history: &mut 
 async fn try_measure(
     pool: &sqlx::PgPool,
     cfg: &ControllerConfig,
-    history: &mut LsnHistory,
+    tracker: &mut Tracker,
 ) -> Result<Measurement, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut *conn).await?;
+    let (in_recovery, role, can_read): (bool, String, bool) =
+        sqlx::query_as("SELECT pg_is_in_recovery(), current_user::text, pg_has_role('pg_read_all_stats', 'USAGE')")
+            .fetch_one(&mut *conn)
+            .await?;
     if in_recovery {
         return Ok(Measurement {
             error: Some("connected to a standby: point --database-url at the primary".into()),
             ..Measurement::unknown()
         });
     }
+    if !can_read {
+        // Checked up front, not inferred from NULL columns: with no standby connected there is no
+        // row to show it, and pg_stat_activity would hide other roles' transactions just the same.
+        let role = crate::ident::quote_ident(&role);
+        return Ok(Measurement {
+            error: Some(format!(
+                "role {role} cannot read replication status (pg_stat_replication lags and LSNs are NULL \
+                 without it): GRANT pg_monitor TO {role}"
+            )),
+            ..Measurement::unknown()
+        });
+    }
     let current: f64 =
         sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8").fetch_one(&mut *conn).await?;
     let now = Instant::now();
-    history.record(now, current as u64);
+    tracker.history.record(now, current as u64);
     let rows: Vec<ReplicationRow> = sqlx::query_as(
-        "SELECT coalesce(nullif(application_name, ''), 'pid ' || pid) || coalesce(' (' || client_addr || ')', ''), \
+        "SELECT pid, coalesce(nullif(application_name, ''), 'pid ' || pid) || coalesce(' (' || host(client_addr) || ')', ''), \
                 state, pg_wal_lsn_diff(replay_lsn, '0/0')::float8, extract(epoch FROM replay_lag)::float8, \
-                extract(epoch FROM clock_timestamp() - reply_time)::float8 \
-         FROM pg_stat_replication ORDER BY 1",
+                extract(epoch FROM reply_time)::float8 \
+         FROM pg_stat_replication ORDER BY 2, 1",
     )
     .fetch_all(&mut *conn)
     .await?;
+    let pids: Vec<i32> = rows.iter().map(|r| r.0).collect();
+    tracker.replies.retain(|pid, _| pids.contains(pid));
     let mut standbys = Vec::new();
-    let mut error = None;
-    for (name, state, replay, replay_lag, reply_age) in rows {
-        let Some(state) = state else {
-            // Without pg_monitor / pg_read_all_stats every column but the name is NULL.
-            error = Some(
-                "the role cannot see replication status (pg_stat_replication columns are NULL): GRANT pg_monitor TO <role>"
-                    .to_string(),
-            );
-            continue;
-        };
+    for (pid, name, state, replay, replay_lag, reply_time) in rows {
         let Some(replay) = replay else {
-            // pg_receivewal, backup tools: they never replay, so they cannot lag in the sense we mean.
+            // pg_receivewal, backup tools: they never replay, so they cannot lag in the sense we
+            // mean. (A standby that has not reported yet is also here; it is not `streaming`.)
             continue;
         };
-        let streaming = state == "streaming";
+        let streaming = state.as_deref() == Some("streaming");
         let lag_bytes = (current - replay).max(0.0) as i64;
-        let stale = reply_age.is_none_or(|age| age > cfg.max_reply_age.as_secs_f64());
-        // A few KiB behind is a standby between replies, not lag; the primary-side estimate would
-        // otherwise count a tiny gap in an idle system as ever-growing time.
-        let computed = if lag_bytes > SMALL_GAP_BYTES {
-            history.lag(replay as u64, now).map(|d| d.as_secs_f64())
+        let silent = tracker.silent_for(pid, reply_time, now);
+        let (lag_seconds, unknown) = if silent > cfg.max_reply_age {
+            // Its replay_lag is frozen at whatever it was: unknown, fail closed.
+            let why = format!(
+                "no reply for {}s (over --max-reply-age {}s): its walreceiver is stuck or the network is",
+                silent.as_secs(),
+                cfg.max_reply_age.as_secs()
+            );
+            (None, Some(why))
+        } else if lag_bytes == 0 {
+            // Replayed everything we had written when this poll began. `replay_lag` still shows the
+            // lag of the last WAL it replayed (for up to one status interval after a catch-up, or
+            // until the next write): history, not lag.
+            (Some(0.0), None)
         } else {
-            Some(0.0)
+            // The primary-side estimate needs only our clock and keeps growing while the standby is
+            // stuck; `replay_lag` covers small gaps held back by recovery_min_apply_delay. Either
+            // may be behind the truth, so take the larger.
+            let computed = if lag_bytes > SMALL_GAP_BYTES {
+                tracker.history.lag(replay as u64, now).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            // NULL replay_lag: caught up before this burst, or a walsender that has not seen its
+            // standby cross a sample yet; the estimate stands alone then.
+            (Some(replay_lag.unwrap_or(0.0).max(computed)), None)
         };
-        let lag_seconds = if stale {
-            None
-        } else {
-            match (replay_lag, computed) {
-                (Some(r), Some(c)) => Some(r.max(c)),
-                (Some(r), None) => Some(r),
-                (None, Some(c)) => Some(c),
-                (None, None) if lag_bytes <= CAUGHT_UP_BYTES => Some(0.0),
-                (None, None) => None,
-            }
-        };
-        standbys.push(Standby { name, lag_seconds, lag_bytes: Some(lag_bytes), streaming });
+        standbys.push(Standby { name, lag_seconds, lag_bytes: Some(lag_bytes), streaming, unknown });
     }
     let slots: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
-        "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots",
+        "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots ORDER BY 1",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -426,29 +461,53 @@ async fn try_measure(
         standbys,
         slots: slots.into_iter().map(|(name, active, retained_bytes)| Slot { name, retained_bytes, active }).collect(),
         oldest_transaction_seconds: oldest,
-        error,
+        error: None,
     })
 }
 
-fn publish_metrics(m: &Measurement) {
-    use crate::metrics as names;
-    metrics::gauge!(names::LAG_MEASUREMENT_OK).set(if m.error.is_none() { 1.0 } else { 0.0 });
-    metrics::gauge!(names::REPLICAS_STREAMING).set(m.streaming_count() as f64);
-    for s in &m.standbys {
-        if let Some(l) = s.lag_seconds {
-            metrics::gauge!(names::REPLICA_LAG_SECONDS, "standby" => s.name.clone()).set(l);
+/// The per-standby and per-slot gauges published so far. The `metrics` facade cannot delete a
+/// series, so a standby that went away (or whose lag became unknown) is set to NaN rather than
+/// left showing its last, reassuring value.
+#[derive(Default)]
+struct PublishedMetrics {
+    standbys: std::collections::BTreeSet<String>,
+    slots: std::collections::BTreeSet<String>,
+}
+
+impl PublishedMetrics {
+    fn publish(&mut self, m: &Measurement) {
+        use crate::metrics as names;
+        metrics::gauge!(names::LAG_MEASUREMENT_OK).set(if m.error.is_none() { 1.0 } else { 0.0 });
+        metrics::gauge!(names::REPLICAS_STREAMING).set(m.streaming_count() as f64);
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &m.standbys {
+            metrics::gauge!(names::REPLICA_LAG_SECONDS, "standby" => s.name.clone())
+                .set(s.lag_seconds.unwrap_or(f64::NAN));
+            metrics::gauge!(names::REPLICA_LAG_BYTES, "standby" => s.name.clone())
+                .set(s.lag_bytes.map_or(f64::NAN, |b| b as f64));
+            seen.insert(s.name.clone());
         }
-        if let Some(b) = s.lag_bytes {
-            metrics::gauge!(names::REPLICA_LAG_BYTES, "standby" => s.name.clone()).set(b as f64);
+        for gone in self.standbys.difference(&seen) {
+            metrics::gauge!(names::REPLICA_LAG_SECONDS, "standby" => gone.clone()).set(f64::NAN);
+            metrics::gauge!(names::REPLICA_LAG_BYTES, "standby" => gone.clone()).set(f64::NAN);
         }
-    }
-    for s in &m.slots {
-        if let Some(b) = s.retained_bytes {
-            metrics::gauge!(names::SLOT_RETAINED_BYTES, "slot" => s.name.clone()).set(b as f64);
+        // A failed poll knows nothing about standbys: keep the names so they come back.
+        if m.error.is_none() {
+            self.standbys = seen;
         }
-    }
-    if let Some(age) = m.oldest_transaction_seconds {
-        metrics::gauge!(names::OLDEST_TRANSACTION_SECONDS).set(age);
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &m.slots {
+            metrics::gauge!(names::SLOT_RETAINED_BYTES, "slot" => s.name.clone())
+                .set(s.retained_bytes.map_or(f64::NAN, |b| b as f64));
+            seen.insert(s.name.clone());
+        }
+        for gone in self.slots.difference(&seen) {
+            metrics::gauge!(names::SLOT_RETAINED_BYTES, "slot" => gone.clone()).set(f64::NAN);
+        }
+        if m.error.is_none() {
+            self.slots = seen;
+        }
+        metrics::gauge!(names::OLDEST_TRANSACTION_SECONDS).set(m.oldest_transaction_seconds.unwrap_or(0.0));
     }
 }
 
@@ -473,5 +532,71 @@ mod history_tests {
         // A paused standby's lag grows in real time without new samples.
         let later = now + Duration::from_secs(5);
         assert!(h.lag(1500, later).unwrap() > Duration::from_secs(6));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(lag: f64, bytes: i64) -> Measurement {
+        Measurement {
+            at: Instant::now(),
+            standbys: vec![Standby {
+                name: "s1".into(),
+                lag_seconds: Some(lag),
+                lag_bytes: Some(bytes),
+                streaming: true,
+                unknown: None,
+            }],
+            slots: vec![],
+            oldest_transaction_seconds: None,
+            error: None,
+        }
+    }
+
+    fn spec() -> ThrottleSpec {
+        ThrottleSpec { max_lag: Duration::from_secs(10), ..ThrottleSpec::default() }
+    }
+
+    #[test]
+    fn hysteresis() {
+        let mut g = Gate::new(spec());
+        assert!(matches!(g.decide(&measured(1.0, 0)), Decision::Go { scale } if scale == 1.0));
+        assert!(matches!(g.decide(&measured(11.0, 0)), Decision::Wait { .. }));
+        // Below max but above resume (5s): still waiting.
+        assert!(matches!(g.decide(&measured(7.0, 0)), Decision::Wait { .. }));
+        assert!(matches!(g.decide(&measured(4.0, 0)), Decision::Go { .. }));
+        // Not throttled any more: 7s is allowed again, at reduced speed.
+        assert!(matches!(g.decide(&measured(7.0, 0)), Decision::Go { scale } if scale < 1.0));
+    }
+
+    #[test]
+    fn fails_closed() {
+        let mut g = Gate::new(spec());
+        assert!(matches!(g.decide(&Measurement::unknown()), Decision::Wait { .. }));
+        let mut m = measured(0.0, 0);
+        m.standbys[0].lag_seconds = None;
+        assert!(matches!(g.decide(&m), Decision::Wait { reason, .. } if reason.contains("unknown")));
+    }
+
+    #[test]
+    fn min_replicas_and_bytes() {
+        let mut g =
+            Gate::new(ThrottleSpec { min_replicas: 1, max_lag_bytes: Some(bytesize::ByteSize::mb(1)), ..spec() });
+        let mut none = measured(0.0, 0);
+        none.standbys.clear();
+        assert!(matches!(g.decide(&none), Decision::Wait { reason, .. } if reason.contains("min_replicas")));
+        assert!(
+            matches!(g.decide(&measured(0.0, 2_000_000)), Decision::Wait { reason, .. } if reason.contains("bytes"))
+        );
+        assert!(matches!(g.decide(&measured(0.0, 100)), Decision::Go { .. }));
+    }
+
+    #[test]
+    fn scale_is_smooth() {
+        assert_eq!(scale_for(0.2), 1.0);
+        assert!(scale_for(0.75) < 1.0 && scale_for(0.75) > scale_for(0.95));
+        assert!((scale_for(1.0) - 0.1).abs() < 1e-9);
     }
 }

@@ -28,12 +28,14 @@ pub struct Job {
     pub spec: JobSpec,
     pub resolved: Resolved,
     pub statements: Statements,
+    /// Until when this job's throttled time has been counted (shared by its range workers).
+    throttle_counted: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Job {
     pub fn new(spec: JobSpec, resolved: Resolved) -> Self {
         let statements = resolved.target.statements();
-        Self { spec, resolved, statements }
+        Self { spec, resolved, statements, throttle_counted: std::sync::Mutex::new(None) }
     }
 
     pub fn name(&self) -> &str {
@@ -85,7 +87,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         if cancel.is_cancelled() {
             break RangeOutcome::Stopped;
         }
-        let Some(scale) = wait_for_gate(&ctx, &name, &mut gate, &mut measurements, &mut throttle, &cancel).await else {
+        let Some(scale) = wait_for_gate(&ctx, &job, &mut gate, &mut measurements, &mut throttle, &cancel).await else {
             break RangeOutcome::Stopped;
         };
         let limit = ((sizer.size() as f64 * scale).round() as i64).max(b.min_size.max(1));
@@ -141,8 +143,10 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
             }
         }
     };
-    throttle.flush(&ctx, &name, None).await;
-    gauge!(m::JOB_THROTTLED, "job" => name.clone()).set(0.0);
+    if throttle.since.is_some() {
+        throttle.flush(&ctx, &job, None).await;
+        gauge!(m::JOB_THROTTLED, "job" => name.clone()).set(0.0);
+    }
     match &outcome {
         RangeOutcome::Done | RangeOutcome::Lost => {}
         // A failed range is released too: `pgbackfill resume` makes a failed job running again, and
@@ -192,33 +196,46 @@ fn db_error(e: ProgressError) -> sqlx::Error {
     }
 }
 
+/// How often the time spent throttled (and the reason's current numbers) reach the progress table.
+const THROTTLE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Time spent throttled, flushed to the progress table now and then so `status` can show it.
 #[derive(Default)]
 struct ThrottleClock {
     since: Option<Instant>,
-    reason: Option<String>,
+    /// What holds the job (see [`Decision::Wait`]); a new signal is logged and recorded at once.
+    signal: Option<String>,
     last_flush: Option<Instant>,
+    /// Throttled seconds not yet added to the whole-second Prometheus counter.
+    unreported: f64,
 }
 
 impl ThrottleClock {
-    async fn flush(&mut self, ctx: &Context, job: &str, reason: Option<&str>) {
+    async fn flush(&mut self, ctx: &Context, job: &Job, reason: Option<&str>) {
         let now = Instant::now();
-        let add = match (self.since, self.last_flush) {
-            (Some(since), Some(last)) => now.duration_since(since.max(last)).as_secs_f64(),
-            (Some(since), None) => now.duration_since(since).as_secs_f64(),
-            _ => 0.0,
-        };
-        if add > 0.0 {
-            counter!(m::THROTTLED_SECONDS, "job" => job.to_string()).increment(add.round() as u64);
+        let mut add = 0.0;
+        if let Some(since) = self.since {
+            // Range workers of one job are throttled together: count wall time once per job, not
+            // once per worker, by starting where any worker of the job last counted.
+            let mut counted = job.throttle_counted.lock().unwrap_or_else(|e| e.into_inner());
+            let from = [Some(since), self.last_flush, *counted].into_iter().flatten().max().unwrap_or(since);
+            add = now.saturating_duration_since(from).as_secs_f64();
+            *counted = Some(now);
         }
-        if add > 0.0 || self.reason.as_deref() != reason {
-            let _ = ctx.progress.note_throttle(job, reason, add).await;
+        self.unreported += add;
+        if self.unreported >= 1.0 {
+            let whole = self.unreported.floor();
+            counter!(m::THROTTLED_SECONDS, "job" => job.name().to_string()).increment(whole as u64);
+            self.unreported -= whole;
+        }
+        if let Err(e) = ctx.progress.note_throttle(job.name(), reason, add).await {
+            tracing::debug!(job = job.name(), error = %e, "could not record the throttle");
         }
         self.last_flush = Some(now);
-        self.reason = reason.map(str::to_string);
         if reason.is_none() {
             self.since = None;
             self.last_flush = None;
+            self.signal = None;
         }
     }
 }
@@ -226,34 +243,36 @@ impl ThrottleClock {
 /// Wait until the gate lets a batch through. `None` on cancellation.
 async fn wait_for_gate(
     ctx: &Context,
-    job: &str,
+    job: &Job,
     gate: &mut Gate,
     measurements: &mut Measurements,
     clock: &mut ThrottleClock,
     cancel: &CancellationToken,
 ) -> Option<f64> {
+    let name = job.name();
     loop {
         let measurement = measurements.borrow_and_update().clone();
         match gate.decide(&measurement) {
             Decision::Go { scale } => {
                 if clock.since.is_some() {
-                    tracing::info!(job, "throttle lifted");
+                    tracing::info!(job = name, "throttle lifted");
                     clock.flush(ctx, job, None).await;
-                    gauge!(m::JOB_THROTTLED, "job" => job.to_string()).set(0.0);
                 }
-                gauge!(m::THROTTLE_SCALE, "job" => job.to_string()).set(scale);
+                gauge!(m::JOB_THROTTLED, "job" => name.to_string()).set(0.0);
+                gauge!(m::THROTTLE_SCALE, "job" => name.to_string()).set(scale);
                 return Some(scale);
             }
-            Decision::Wait { reason } => {
+            Decision::Wait { reason, signal } => {
                 if clock.since.is_none() {
                     clock.since = Some(Instant::now());
                 }
-                if clock.reason.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(job, reason = %reason, "throttled: not writing");
-                    gauge!(m::JOB_THROTTLED, "job" => job.to_string()).set(1.0);
-                    gauge!(m::THROTTLE_SCALE, "job" => job.to_string()).set(0.0);
+                if clock.signal.as_deref() != Some(signal.as_str()) {
+                    tracing::warn!(job = name, reason = %reason, "throttled: not writing");
+                    gauge!(m::JOB_THROTTLED, "job" => name.to_string()).set(1.0);
+                    gauge!(m::THROTTLE_SCALE, "job" => name.to_string()).set(0.0);
+                    clock.signal = Some(signal);
                     clock.flush(ctx, job, Some(&reason)).await;
-                } else if clock.last_flush.is_some_and(|t| t.elapsed() > Duration::from_secs(5)) {
+                } else if clock.last_flush.is_some_and(|t| t.elapsed() >= THROTTLE_FLUSH_INTERVAL) {
                     clock.flush(ctx, job, Some(&reason)).await;
                 }
                 tokio::select! {

@@ -48,8 +48,14 @@ pub struct Daemon {
 pub const FAST: &[&str] =
     &["--scan-interval", "200ms", "--lag-poll-interval", "200ms", "--lease", "3s", "--metrics-addr", ""];
 
+/// The [`FAST`] options that `extra` does not set itself (clap rejects an option given twice).
+fn fast_unless_overridden(extra: &[&str]) -> Vec<&'static str> {
+    FAST.chunks(2).filter(|pair| !extra.contains(&pair[0])).flatten().copied().collect()
+}
+
 impl Daemon {
-    /// Start a daemon on `url` over `jobs`, with [`FAST`] settings plus `extra` arguments.
+    /// Start a daemon on `url` over `jobs`, with [`FAST`] settings plus `extra` arguments (which
+    /// replace a FAST option of the same name, e.g. `--metrics-addr 127.0.0.1:PORT`).
     pub fn start(url: &str, jobs: &Path, extra: &[&str]) -> Daemon {
         let logdir = tempfile::tempdir().expect("tempdir");
         let log = logdir.path().join("daemon.log");
@@ -59,7 +65,7 @@ impl Daemon {
             .arg("run")
             .arg("--jobs")
             .arg(jobs)
-            .args(FAST)
+            .args(fast_unless_overridden(extra))
             .args(extra)
             .env("DATABASE_URL", url)
             .env("PGBACKFILL_LOG", "info,pgbackfill=debug,sqlx=warn")
