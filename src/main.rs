@@ -12,7 +12,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
 use pgbackfill::progress::{Action, Progress};
-use pgbackfill::status::{JobStatus, render};
+use pgbackfill::status::{JobStatus, StatusReport, render, render_replication};
 use pgbackfill::supervisor::{self, Outcome};
 use pgbackfill::throttle::{self, ControllerConfig};
 use pgbackfill::{check, db, http, spec};
@@ -205,16 +205,21 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { db: database, json, name } => {
-            let progress = connect_progress(&database, "pgbackfill status").await?;
+            let (pool, progress) = connect_progress(&database, "pgbackfill status").await?;
             let rows = match &name {
                 Some(n) => progress.job(n).await?.into_iter().collect(),
                 None => progress.jobs().await?,
             };
-            let statuses: Vec<JobStatus> = rows.iter().map(JobStatus::from_row).collect();
+            let jobs: Vec<JobStatus> = rows.iter().map(JobStatus::from_row).collect();
+            // A live snapshot of replication, as the daemons' throttle sees it right now.
+            let replication =
+                throttle::measure(&pool, &ControllerConfig::default(), &mut throttle::Tracker::default()).await;
+            let report = StatusReport { jobs, replication };
             if json {
-                println!("{}", serde_json::to_string_pretty(&statuses)?);
+                println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", render(&statuses));
+                print!("{}", render(&report.jobs));
+                print!("{}", render_replication(&report.replication));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -222,7 +227,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Resume(a) => control(a, Action::Resume).await,
         Command::Cancel(a) => control(a, Action::Cancel).await,
         Command::Reset(a) => {
-            let progress = connect_progress(&a.db, "pgbackfill reset").await?;
+            let (_, progress) = connect_progress(&a.db, "pgbackfill reset").await?;
             progress.reset(&a.name).await?;
             println!("{}: progress forgotten; it starts over on the next daemon scan", a.name);
             Ok(ExitCode::SUCCESS)
@@ -231,16 +236,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn connect_progress(database: &Database, app: &str) -> anyhow::Result<Progress> {
+async fn connect_progress(database: &Database, app: &str) -> anyhow::Result<(sqlx::PgPool, Progress)> {
     let url = database.require_url()?;
     let pool = db::pool(&url, app, 2).await.with_context(|| format!("connecting to {}", db::redact_url(&url)))?;
-    let progress = Progress::new(pool, &database.schema);
+    let progress = Progress::new(pool.clone(), &database.schema);
     progress.migrate().await?;
-    Ok(progress)
+    Ok((pool, progress))
 }
 
 async fn control(a: ControlArgs, action: Action) -> anyhow::Result<ExitCode> {
-    let progress = connect_progress(&a.db, "pgbackfill control").await?;
+    let (_, progress) = connect_progress(&a.db, "pgbackfill control").await?;
     let state = progress.transition(&a.name, action).await?;
     println!("{}: {state}", a.name);
     Ok(ExitCode::SUCCESS)

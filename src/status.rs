@@ -3,6 +3,14 @@
 use serde::Serialize;
 
 use crate::progress::{JobRow, State};
+use crate::throttle::Measurement;
+
+/// Everything `status` shows: the jobs, and replication as the throttle sees it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub jobs: Vec<JobStatus>,
+    pub replication: Measurement,
+}
 
 /// One job's status, derived from its progress rows.
 #[derive(Debug, Clone, Serialize)]
@@ -121,6 +129,37 @@ pub fn render(jobs: &[JobStatus]) -> String {
             eta,
             notes.join("; ")
         ));
+    }
+    out
+}
+
+/// Per-standby lag (and slots, and the oldest transaction) under the job table.
+pub fn render_replication(m: &Measurement) -> String {
+    let mut out = String::from("\nreplication (live):\n");
+    if let Some(e) = &m.error {
+        out.push_str(&format!("  lag unknown: {e}\n"));
+    }
+    if m.standbys.is_empty() && m.error.is_none() {
+        out.push_str("  no standbys connected\n");
+    }
+    for s in &m.standbys {
+        let lag = s.lag_seconds.map_or("unknown".to_string(), |l| format!("{l:.1}s"));
+        let bytes = s.lag_bytes.map_or("unknown".to_string(), |b| bytesize::ByteSize::b(b.max(0) as u64).to_string());
+        let state = if s.streaming { "streaming" } else { "not streaming" };
+        out.push_str(&format!("  standby {}: replay lag {lag}, {bytes} behind, {state}\n", s.name));
+    }
+    for slot in &m.slots {
+        if let Some(b) = slot.retained_bytes {
+            let active = if slot.active { "active" } else { "inactive" };
+            out.push_str(&format!(
+                "  slot {}: retains {} of WAL, {active}\n",
+                slot.name,
+                bytesize::ByteSize::b(b.max(0) as u64)
+            ));
+        }
+    }
+    if let Some(age) = m.oldest_transaction_seconds {
+        out.push_str(&format!("  oldest open transaction: {age:.0}s\n"));
     }
     out
 }

@@ -154,7 +154,7 @@ fn run_cli(url: &str, args: &[&str]) -> String {
 fn status_json(url: &str, name: &str) -> serde_json::Value {
     let text = run_cli(url, &["status", "--json", name]);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("status --json: {e}:\n{text}"));
-    v.as_array().and_then(|a| a.first()).cloned().unwrap_or_else(|| panic!("no status for {name}:\n{text}"))
+    v["jobs"].as_array().and_then(|a| a.first()).cloned().unwrap_or_else(|| panic!("no status for {name}:\n{text}"))
 }
 
 /// A job spec: `n = n + 1` on `table`, batches of `size` rows, plus any further YAML lines.

@@ -351,10 +351,15 @@ async fn status_and_metrics_show_the_throttle() {
     assert!(line.contains("throttled"), "{text}");
     assert!(line.contains("bytes behind"), "{text}");
     assert!(line.contains("s throttled in total"), "{text}");
+    assert!(text.contains("replication (live):") && text.contains("standby "), "{text}");
 
     let out = cli(&db.url, &["status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
-    let job = json.as_array().and_then(|a| a.iter().find(|j| j["name"] == "shown")).expect("job in JSON").clone();
+    let job =
+        json["jobs"].as_array().and_then(|a| a.iter().find(|j| j["name"] == "shown")).expect("job in JSON").clone();
+    // The live replication snapshot names the paused standby and its byte lag.
+    let standby = &json["replication"]["standbys"][0];
+    assert!(standby["lag_bytes"].as_i64().is_some_and(|b| b > 1_000_000), "{json}");
     assert!(job["throttled"].as_str().is_some_and(|r| r.contains("bytes behind")), "{job}");
     assert!(job["throttled_seconds"].as_f64().is_some_and(|s| s >= 1.0), "{job}");
 
