@@ -6,6 +6,7 @@ pub mod check;
 pub mod db;
 pub mod http;
 pub mod ident;
+pub mod localpg;
 pub mod metrics;
 pub mod progress;
 pub mod retry;
