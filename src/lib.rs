@@ -4,6 +4,7 @@ pub mod batch;
 pub mod catalog;
 pub mod check;
 pub mod db;
+pub mod demo;
 pub mod http;
 pub mod ident;
 pub mod localpg;

@@ -46,7 +46,11 @@ pub enum LocalPgError {
          or set PG_BIN to the directory holding initdb, or put initdb on PATH"
     )]
     NoServerBinaries,
-    #[error("PG_BIN={} has no initdb", .0.display())]
+    #[error(
+        "PG_BIN={} has no initdb: point it at the directory holding the server binaries, or unset it \
+         (then initdb on PATH or /usr/lib/postgresql/*/bin is used; apt-get install -y postgresql)",
+        .0.display()
+    )]
     BadPgBin(PathBuf),
     #[error("{what}: {error}")]
     Io { what: String, error: std::io::Error },
