@@ -11,6 +11,7 @@ use futures::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
+use pgbackfill::demo::{self, DemoError, DemoOptions};
 use pgbackfill::progress::{Action, Progress};
 use pgbackfill::status::{JobStatus, StatusReport, render, render_replication};
 use pgbackfill::supervisor::{self, Outcome};
@@ -91,6 +92,16 @@ enum Command {
     Reset(ControlArgs),
     /// Print the JSON Schema of job specs.
     Schema,
+    /// Run a backfill end to end on a throwaway local primary + standby (needs PostgreSQL server
+    /// binaries: apt-get install -y postgresql), pausing the standby partway to show the throttle.
+    Demo {
+        /// Rows in the demo table.
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+        /// Leave the cluster running at the end and print its URLs.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Args)]
@@ -136,7 +147,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    // The demo tells its own story on stdout; the engine's log lines would only interleave with it
+    // (PGBACKFILL_LOG still turns them on).
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info,sqlx=warn" };
+    init_logging(&cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -153,9 +167,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: &str, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PGBACKFILL_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter = EnvFilter::try_from_env("PGBACKFILL_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     use std::io::IsTerminal;
     // Colour only on a terminal: log files and `kubectl logs` must not carry escape codes.
     let builder = tracing_subscriber::fmt()
@@ -233,6 +247,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(args).await,
+        Command::Demo { rows, keep } => {
+            let cancel = CancellationToken::new();
+            spawn_signal_handler(cancel.clone())?;
+            let metrics = http::install_recorder()?;
+            match demo::run(DemoOptions { rows, keep }, metrics, cancel).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(DemoError::Interrupted) => Ok(ExitCode::from(130)),
+                Err(e) => {
+                    eprintln!("demo failed: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
     }
 }
 
