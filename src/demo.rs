@@ -167,6 +167,7 @@ async fn demo(
     let cfg = supervisor::Config {
         jobs_dir: jobs.path().to_path_buf(),
         max_jobs: 1,
+        max_workers: 4,
         owner: format!("demo:{}", std::process::id()),
         lease: Duration::from_secs(6),
         scan_interval: Duration::from_millis(250),
