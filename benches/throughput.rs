@@ -118,7 +118,7 @@ async fn seed(pool: &PgPool, rows: usize) {
             total_cents bigint NOT NULL, created_at timestamptz NOT NULL, note text NOT NULL, channel text);
          INSERT INTO template SELECT g, g % 50000, (ARRAY['new','paid','shipped','done'])[1 + g % 4],
             (g * 7919) % 100000, timestamptz '2024-01-01' + g * interval '1 second',
-            repeat(md5(g::text), 4), NULL FROM generate_series(1, {rows}) g;"
+            repeat(md5(g::text), 4), NULL FROM generate_series(1::bigint, {rows}) g;"
     )))
     .execute(pool)
     .await

@@ -32,7 +32,10 @@ pub fn describe() {
     describe_gauge!(BATCH_SIZE, "Current batch size (rows) of a job's worker");
     describe_gauge!(JOB_THROTTLED, "1 while the job is held by the throttle");
     describe_counter!(THROTTLED_SECONDS, Unit::Seconds, "Time spent waiting on the throttle");
-    describe_gauge!(THROTTLE_SCALE, "Fraction of the batch size allowed by the throttle (1 = full speed)");
+    describe_gauge!(
+        THROTTLE_SCALE,
+        "Rate allowed by the throttle: fraction of time spent in batches (1 = full speed, 0 = held)"
+    );
     describe_gauge!(JOB_STATE, "1 for the job's current state label");
     describe_gauge!(ACTIVE_WORKERS, "Range workers running in this daemon");
     describe_gauge!(SPEC_ERRORS, "Spec files in the jobs directory that fail validation");

@@ -74,7 +74,8 @@ pub type Measurements = watch::Receiver<Arc<Measurement>>;
 /// What a worker should do before its next batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Run; `scale` (0 < scale <= 1) shrinks the batch as lag approaches the limit.
+    /// Run at `scale` (0 < scale <= 1) of full speed: the worker spends `scale` of its time in
+    /// batches and sleeps the rest, so the WAL rate falls with it as lag approaches the limit.
     Go { scale: f64 },
     /// Do not write; the reason names the signal and, where one exists, the fix. `signal` is a
     /// stable key for what holds the job (`lag:<standby>`, `slot:<name>` …): the reason's numbers
@@ -93,21 +94,60 @@ pub const MAX_MEASUREMENT_AGE: Duration = Duration::from_secs(15);
 
 /// One job's view of the throttle, with hysteresis: once throttled, it stays so until every signal
 /// is below its resume level, so the job does not flap around the limit.
+///
+/// Below the limit the gate also sets the job's rate, AIMD-style like TCP congestion control: while
+/// the worst signal is above [`APPROACH`] of its limit, each new measurement multiplies the rate by
+/// [`DECREASE`]; below it, the rate grows by [`INCREASE`] per measurement back to full speed. After a
+/// full stop the job restarts at [`RESTART_RATE`]. The job thus settles just under its limit instead
+/// of sawtoothing between full speed and stop.
 #[derive(Debug, Clone)]
 pub struct Gate {
     spec: ThrottleSpec,
     throttled: bool,
+    rate: f64,
+    /// The measurement the rate was last adjusted for: one adjustment per poll, however many
+    /// batches run in between.
+    adjusted_for: Option<Instant>,
 }
+
+/// Fraction of a limit above which the rate is cut.
+pub const APPROACH: f64 = 0.5;
+/// Multiplicative decrease per measurement while approaching a limit.
+pub const DECREASE: f64 = 0.7;
+/// Additive increase per measurement while well below every limit.
+pub const INCREASE: f64 = 0.1;
+/// The slowest a job goes short of stopping.
+pub const MIN_RATE: f64 = 0.1;
+/// The rate a job resumes at after being held.
+pub const RESTART_RATE: f64 = 0.5;
 
 impl Gate {
     pub fn new(spec: ThrottleSpec) -> Self {
-        Self { spec, throttled: false }
+        Self { spec, throttled: false, rate: 1.0, adjusted_for: None }
     }
 
     pub fn decide(&mut self, m: &Measurement) -> Decision {
         let decision = self.evaluate(m);
-        self.throttled = matches!(decision, Decision::Wait { .. });
-        decision
+        match &decision {
+            Decision::Wait { .. } => {
+                self.throttled = true;
+                self.rate = RESTART_RATE;
+                self.adjusted_for = Some(m.at);
+                decision
+            }
+            Decision::Go { scale: worst_fraction } => {
+                self.throttled = false;
+                if self.adjusted_for != Some(m.at) {
+                    self.adjusted_for = Some(m.at);
+                    self.rate = if *worst_fraction > APPROACH {
+                        (self.rate * DECREASE).max(MIN_RATE)
+                    } else {
+                        (self.rate + INCREASE).min(1.0)
+                    };
+                }
+                Decision::Go { scale: self.rate }
+            }
+        }
     }
 
     fn evaluate(&self, m: &Measurement) -> Decision {
@@ -226,14 +266,9 @@ impl Gate {
                 _ => {}
             }
         }
-        Decision::Go { scale: scale_for(worst_fraction) }
+        // `decide` turns this into the job's rate.
+        Decision::Go { scale: worst_fraction }
     }
-}
-
-/// Slow down smoothly as a signal approaches its limit instead of sawtoothing between full speed and
-/// stop: full speed below half the limit, then linearly down to 10% at the limit.
-pub fn scale_for(fraction_of_limit: f64) -> f64 {
-    if fraction_of_limit <= 0.5 { 1.0 } else { (1.0 - (fraction_of_limit - 0.5) * 1.8).clamp(0.1, 1.0) }
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -594,9 +629,30 @@ mod tests {
     }
 
     #[test]
-    fn scale_is_smooth() {
-        assert_eq!(scale_for(0.2), 1.0);
-        assert!(scale_for(0.75) < 1.0 && scale_for(0.75) > scale_for(0.95));
-        assert!((scale_for(1.0) - 0.1).abs() < 1e-9);
+    fn aimd_rate() {
+        let rate = |d: Decision| match d {
+            Decision::Go { scale } => scale,
+            other => panic!("{other:?}"),
+        };
+        let mut g = Gate::new(spec());
+        assert_eq!(rate(g.decide(&measured(1.0, 0))), 1.0);
+        // Approaching max_lag (10s): multiplicative decrease, once per measurement.
+        let m = measured(7.0, 0);
+        assert!((rate(g.decide(&m)) - 0.7).abs() < 1e-9);
+        assert!((rate(g.decide(&m)) - 0.7).abs() < 1e-9, "same measurement, no second cut");
+        assert!((rate(g.decide(&measured(8.0, 0))) - 0.49).abs() < 1e-9);
+        for _ in 0..20 {
+            g.decide(&measured(9.0, 0));
+        }
+        assert!((rate(g.decide(&measured(9.0, 0))) - MIN_RATE).abs() < 1e-9, "floored");
+        // Well below: additive increase back to full speed.
+        assert!((rate(g.decide(&measured(1.0, 0))) - (MIN_RATE + INCREASE)).abs() < 1e-9);
+        for _ in 0..20 {
+            g.decide(&measured(1.0, 0));
+        }
+        assert_eq!(rate(g.decide(&measured(1.0, 0))), 1.0);
+        // After a stop, restart at half speed and climb.
+        assert!(matches!(g.decide(&measured(11.0, 0)), Decision::Wait { .. }));
+        assert!((rate(g.decide(&measured(1.0, 0))) - (RESTART_RATE + INCREASE)).abs() < 1e-9);
     }
 }

@@ -90,7 +90,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         let Some(scale) = wait_for_gate(&ctx, &job, &mut gate, &mut measurements, &mut throttle, &cancel).await else {
             break RangeOutcome::Stopped;
         };
-        let limit = ((sizer.size() as f64 * scale).round() as i64).max(b.min_size.max(1));
+        let limit = sizer.size();
         gauge!(m::BATCH_SIZE, "job" => name.clone()).set(limit as f64);
         let started = Instant::now();
         match one_batch(&ctx, &job, &claim, limit).await {
@@ -111,7 +111,11 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                 if done {
                     break RangeOutcome::Done;
                 }
-                if !b.pause.is_zero() && sleep_or_cancel(b.pause, &cancel).await {
+                // The throttle's rate is a duty cycle: at scale s the worker spends s of its time in
+                // batches, so WAL (and replica apply work) per second falls with it. A smaller batch
+                // alone would not: batches would just come back to back.
+                let rest = b.pause + duty_cycle_rest(elapsed, scale);
+                if !rest.is_zero() && sleep_or_cancel(rest, &cancel).await {
                     break RangeOutcome::Stopped;
                 }
             }
@@ -293,10 +297,34 @@ async fn wait_for_gate(
     }
 }
 
+/// The sleep after a batch that took `elapsed` so that batches fill `scale` of the time.
+/// Capped so a slow batch at a low rate cannot park the worker for long.
+pub fn duty_cycle_rest(elapsed: Duration, scale: f64) -> Duration {
+    if scale >= 1.0 || scale <= 0.0 {
+        return Duration::ZERO;
+    }
+    elapsed.mul_f64(1.0 / scale - 1.0).min(Duration::from_secs(10))
+}
+
 /// Sleep unless cancelled first; true when cancelled.
 pub async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = cancel.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duty_cycle_rest;
+    use std::time::Duration;
+
+    #[test]
+    fn duty_cycle() {
+        let ms = Duration::from_millis;
+        assert_eq!(duty_cycle_rest(ms(100), 1.0), Duration::ZERO);
+        assert_eq!(duty_cycle_rest(ms(100), 0.5), ms(100));
+        assert_eq!(duty_cycle_rest(ms(100), 0.1), ms(900));
+        assert_eq!(duty_cycle_rest(Duration::from_secs(5), 0.1), Duration::from_secs(10));
     }
 }
