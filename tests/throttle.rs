@@ -378,3 +378,65 @@ async fn status_and_metrics_show_the_throttle() {
     let body = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
     assert_eq!(samples(&body, "pgbackfill_job_throttled", "job=\"shown\""), vec![0.0], "{body}");
 }
+
+/// "Beyond stop/go": a standby steadily lagging more than half of `max_lag` (but under it) slows the
+/// job down (a duty cycle below 1, shown in `pgbackfill_throttle_scale`) without holding it; once the
+/// lag goes away the rate climbs back to full speed and the job completes.
+#[tokio::test]
+async fn approaching_max_lag_slows_down_without_stopping() {
+    let c = dedicated_cluster().await;
+    let db = c.new_database().await;
+    let pool = db.pool().await;
+    make_table(&pool, 40_000).await;
+    sqlx::query("CREATE TABLE app_writes (at timestamptz DEFAULT clock_timestamp())").execute(&pool).await.unwrap();
+    db.wait_on_standby().await;
+    // Lag around 2.5 s, against max_lag 4s: above APPROACH (half), below the limit.
+    c.set_apply_delay(Duration::from_millis(2500)).await;
+    let writer_pool = pool.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer_stop = stop.clone();
+    let writer = tokio::spawn(async move {
+        while !writer_stop.is_cancelled() {
+            let _ = sqlx::query("INSERT INTO app_writes DEFAULT VALUES").execute(&writer_pool).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let jobs = JobsDir::new();
+    jobs.write("j", &spec("slow", "  max_lag: 4s\n  resume_lag: 3s\n"));
+    let daemon = Daemon::start(&db.url, jobs.path(), &["--metrics-addr", &addr]);
+    wait_until(DEADLINE, "first batches", || async { counters(&pool, "slow").await.batches >= 1 }).await;
+
+    // Slowed: a rate below full speed while the job is not held.
+    let start = Instant::now();
+    let slowed = loop {
+        let body = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
+        let scale = samples(&body, "pgbackfill_throttle_scale", "job=\"slow\"");
+        if let [s] = scale.as_slice()
+            && *s > 0.0
+            && *s < 0.5
+        {
+            break *s;
+        }
+        assert!(start.elapsed() < DEADLINE, "never slowed down: scale {scale:?}; log:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // ... and still writing, slowly: batches keep committing over a few seconds.
+    let before = counters(&pool, "slow").await;
+    wait_batches_above(&pool, "slow", before.batches + 2, &daemon).await;
+    assert!(unfilled(&pool).await > 0, "the job finished before it could be observed slowed (scale {slowed})");
+
+    // Lag gone: the rate climbs back to full speed (additive increase) and the job completes.
+    c.set_apply_delay(Duration::ZERO).await;
+    wait_until(DEADLINE, "full speed again", || async move {
+        let body = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
+        samples(&body, "pgbackfill_throttle_scale", "job=\"slow\"") == vec![1.0]
+    })
+    .await;
+    wait_state(&pool, "slow", "completed", DEADLINE, Some(&daemon)).await;
+    assert_eq!(unfilled(&pool).await, 0);
+    stop.cancel();
+    writer.await.unwrap();
+}
