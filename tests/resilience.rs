@@ -7,8 +7,9 @@
 
 mod common;
 
+use pgbackfill::localpg::poll_until as poll;
+
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -91,24 +92,6 @@ async fn max_epoch(pool: &PgPool, job: &str) -> i64 {
         .fetch_one(pool)
         .await
         .unwrap_or(0)
-}
-
-/// Polls `f` every [`POLL`] until true or `deadline`; says which (the caller panics with context).
-async fn poll<F, Fut>(deadline: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(POLL).await;
-    }
 }
 
 /// Every row at exactly 1, and the progress table counted each row once.

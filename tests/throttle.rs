@@ -123,6 +123,22 @@ async fn unfilled(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM items WHERE v IS DISTINCT FROM id * 2").fetch_one(pool).await.unwrap()
 }
 
+/// An application writing a row every 100 ms until stopped: with an apply delay on the standby, this
+/// keeps replay steadily behind even while the job itself is not writing.
+async fn app_writer(pool: &PgPool) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+    sqlx::query("CREATE TABLE app_writes (at timestamptz DEFAULT clock_timestamp())").execute(pool).await.unwrap();
+    let pool = pool.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer_stop = stop.clone();
+    let writer = tokio::spawn(async move {
+        while !writer_stop.is_cancelled() {
+            let _ = sqlx::query("INSERT INTO app_writes DEFAULT VALUES").execute(&pool).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (stop, writer)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -196,20 +212,11 @@ async fn apply_delay_above_max_lag_throttles_below_it_runs() {
     let db = c.new_database().await;
     let pool = db.pool().await;
     make_table(&pool, 10_000).await;
-    sqlx::query("CREATE TABLE app_writes (at timestamptz DEFAULT clock_timestamp())").execute(&pool).await.unwrap();
     db.wait_on_standby().await;
     c.set_apply_delay(Duration::from_secs(4)).await;
 
     // The application's writes: a commit every 100 ms keeps the delayed standby steadily behind.
-    let writer_pool = pool.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer_stop = stop.clone();
-    let writer = tokio::spawn(async move {
-        while !writer_stop.is_cancelled() {
-            let _ = sqlx::query("INSERT INTO app_writes DEFAULT VALUES").execute(&writer_pool).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let (stop, writer) = app_writer(&pool).await;
 
     let jobs = JobsDir::new();
     jobs.write("j", &spec("delay", "  max_lag: 2s\n  resume_lag: 1s\n"));
@@ -388,19 +395,10 @@ async fn approaching_max_lag_slows_down_without_stopping() {
     let db = c.new_database().await;
     let pool = db.pool().await;
     make_table(&pool, 40_000).await;
-    sqlx::query("CREATE TABLE app_writes (at timestamptz DEFAULT clock_timestamp())").execute(&pool).await.unwrap();
     db.wait_on_standby().await;
     // Lag around 2.5 s, against max_lag 4s: above APPROACH (half), below the limit.
     c.set_apply_delay(Duration::from_millis(2500)).await;
-    let writer_pool = pool.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer_stop = stop.clone();
-    let writer = tokio::spawn(async move {
-        while !writer_stop.is_cancelled() {
-            let _ = sqlx::query("INSERT INTO app_writes DEFAULT VALUES").execute(&writer_pool).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let (stop, writer) = app_writer(&pool).await;
 
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
