@@ -272,6 +272,9 @@ pub struct BatchResult {
     pub cursor: Option<KeyValue>,
 }
 
+/// How long a batch transaction may sit idle between its statements before the server ends it.
+pub const IDLE_IN_BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Open a batch transaction with the job's timeouts. `SET LOCAL` ends with the transaction, so
 /// nothing leaks into the pooled connection. lock_timeout matters most: without it an UPDATE
 /// queued behind a long lock makes every later query on those rows queue behind *us*.
@@ -282,10 +285,15 @@ pub async fn begin(
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Integers only: SET takes no bind parameters, and nothing from the spec reaches this string.
+    // idle_in_transaction_session_timeout: if this client hangs or vanishes mid-batch (a half-open
+    // connection), the server ends the session and releases the row locks instead of holding them
+    // for the hours a TCP keepalive can take.
     let set = format!(
-        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'",
+        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; \
+         SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
         lock_timeout.as_millis().max(1),
-        statement_timeout.as_millis().max(1)
+        statement_timeout.as_millis().max(1),
+        IDLE_IN_BATCH_TIMEOUT.as_millis()
     );
     sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *tx).await?;
     Ok(tx)

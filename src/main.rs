@@ -374,5 +374,7 @@ fn owner_id() -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "pgbackfill".into());
-    format!("{host}:{}:{:04x}", std::process::id(), rand::random::<u16>())
+    // 64 random bits: in Kubernetes the pid is 1 and HOSTNAME survives a container restart, so
+    // only these tell a restarted daemon from its dead predecessor.
+    format!("{host}:{}:{:016x}", std::process::id(), rand::random::<u64>())
 }

@@ -26,9 +26,10 @@ use crate::ident::quote_ident;
 
 /// Versioned migrations; `{schema}` is replaced by the quoted schema name. Never edit a released
 /// entry: append a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE {schema}.jobs (
     name              text PRIMARY KEY,
     fingerprint       text NOT NULL,
@@ -68,7 +69,17 @@ CREATE TABLE {schema}.ranges (
 );
 COMMENT ON SCHEMA {schema} IS 'pgbackfill progress: job state and keyset cursors. Managed by pgbackfill.';
 "#,
-)];
+    ),
+    (
+        2,
+        // Claim epochs from one sequence: a job that is reset and recreated must never hand out an
+        // epoch a worker of its previous incarnation may still hold.
+        r#"
+CREATE SEQUENCE {schema}.epochs;
+SELECT setval('{schema_literal}.epochs', greatest(1, (SELECT coalesce(max(epoch), 0) + 1 FROM {schema}.ranges)));
+"#,
+    ),
+];
 
 #[derive(Debug, Error)]
 pub enum ProgressError {
@@ -222,10 +233,12 @@ impl Progress {
         Self { pool, schema: quote_ident(schema), schema_raw: schema.to_string() }
     }
 
-    /// Our SQL with the schema spliced in. The schema is always a quoted identifier, which is why
-    /// asserting the string safe is sound.
+    /// Our SQL with the schema spliced in. The schema is always a quoted identifier (and, inside a
+    /// string literal, also has its single quotes doubled), which is why asserting it safe is sound.
     fn sql(&self, text: &str) -> AssertSqlSafe<String> {
-        AssertSqlSafe(text.replace("{schema}", &self.schema))
+        AssertSqlSafe(
+            text.replace("{schema_literal}", &self.schema.replace('\'', "''")).replace("{schema}", &self.schema),
+        )
     }
 
     /// Create or upgrade the schema. Safe to run concurrently from many daemons.
@@ -353,7 +366,7 @@ impl Progress {
     pub async fn claim(&self, job: &str, owner: &str, lease: Duration) -> Result<Option<Claim>, ProgressError> {
         let row: Option<(i32, i64)> = sqlx::query_as(self.sql(
             "UPDATE {schema}.ranges r SET owner = $2, lease_until = now() + $3 * interval '1 millisecond', \
-             epoch = epoch + 1, updated_at = now() \
+             epoch = nextval('{schema_literal}.epochs'), updated_at = now() \
              WHERE (r.job, r.range_no) = ( \
                 SELECT r2.job, r2.range_no FROM {schema}.ranges r2 JOIN {schema}.jobs j ON j.name = r2.job \
                 WHERE r2.job = $1 AND NOT r2.done AND j.state IN ('running', 'paused') \
@@ -375,15 +388,29 @@ impl Progress {
         }))
     }
 
-    /// Extend every lease this daemon holds. Rows locked by our own batches in flight are skipped
-    /// rather than waited for: those batches extend their lease when they commit.
-    pub async fn renew(&self, owner: &str, lease: Duration) -> Result<u64, ProgressError> {
+    /// Extend the leases of the given claims: exactly those with a live worker in this daemon, so a
+    /// range whose worker is gone (panicked, or could not release it) expires and can be taken over.
+    /// Rows locked by our own batches in flight are skipped rather than waited for: those batches
+    /// extend their lease when they commit.
+    pub async fn renew(&self, claims: &[Claim], lease: Duration) -> Result<u64, ProgressError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let jobs: Vec<&str> = claims.iter().map(|c| c.job.as_str()).collect();
+        let ranges: Vec<i32> = claims.iter().map(|c| c.range_no).collect();
+        let epochs: Vec<i64> = claims.iter().map(|c| c.epoch).collect();
         let r = sqlx::query(self.sql(
-            "UPDATE {schema}.ranges SET lease_until = now() + $2 * interval '1 millisecond' \
-             WHERE (job, range_no) IN (SELECT job, range_no FROM {schema}.ranges \
-                                       WHERE owner = $1 AND NOT done FOR UPDATE SKIP LOCKED)",
+            "UPDATE {schema}.ranges SET lease_until = clock_timestamp() + $5 * interval '1 millisecond' \
+             WHERE (job, range_no) IN ( \
+                SELECT r.job, r.range_no FROM {schema}.ranges r \
+                JOIN unnest($2::text[], $3::int4[], $4::int8[]) AS c(job, range_no, epoch) \
+                  ON (c.job, c.range_no, c.epoch) = (r.job, r.range_no, r.epoch) \
+                WHERE r.owner = $1 AND NOT r.done FOR UPDATE OF r SKIP LOCKED)",
         ))
-        .bind(owner)
+        .bind(&claims[0].owner)
+        .bind(&jobs)
+        .bind(&ranges)
+        .bind(&epochs)
         .bind(lease.as_millis() as f64)
         .execute(&self.pool)
         .await?;
@@ -437,7 +464,7 @@ impl Progress {
             "UPDATE {schema}.ranges SET cursor = coalesce($5, cursor), rows_scanned = rows_scanned + $6, \
              rows_updated = rows_updated + $7, batches = batches + 1, done = $8, batch_size = $9, \
              updated_at = now(), owner = CASE WHEN $8 THEN NULL ELSE owner END, \
-             lease_until = now() + $10 * interval '1 millisecond' \
+             lease_until = clock_timestamp() + $10 * interval '1 millisecond' \
              WHERE job = $1 AND range_no = $2 AND owner = $3 AND epoch = $4",
         ))
         .bind(&claim.job)

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::gauge;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{self, KeyValue};
 use crate::catalog;
 use crate::metrics as m;
-use crate::progress::{Progress, ProgressError, State};
+use crate::progress::{Claim, Progress, ProgressError, State};
 use crate::spec::{self, JobSpec};
 use crate::worker::{self, Context, Job, RangeOutcome};
 
@@ -69,8 +69,15 @@ struct Supervisor {
     /// Resolutions by job name, reused while the spec is unchanged.
     resolved: HashMap<String, Arc<Job>>,
     tasks: JoinSet<(String, RangeOutcome)>,
+    /// The claim of every live worker task, by task id: the leases the renewer keeps alive. A task
+    /// that ends, even by panicking, leaves this map, so its range's lease runs out.
+    live: Arc<Mutex<HashMap<tokio::task::Id, Claim>>>,
     reported: HashSet<String>,
 }
+
+/// How long shutdown waits for batches in flight before abandoning them. Abandoning is safe: a
+/// batch and its cursor commit together or not at all.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Run until cancelled (or, with `exit_when_done`, until every job has ended).
 pub async fn run(
@@ -81,7 +88,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Outcome {
     let ctx = Context { pool, progress, measurements };
-    let renewer = tokio::spawn(renew_leases(ctx.progress.clone(), cfg.owner.clone(), cfg.lease, cancel.clone()));
+    let live = Arc::new(Mutex::new(HashMap::new()));
+    let renewer = tokio::spawn(renew_leases(ctx.progress.clone(), live.clone(), cfg.lease, cancel.clone()));
     let mut sup = Supervisor {
         cfg,
         ctx,
@@ -89,15 +97,26 @@ pub async fn run(
         active: HashMap::new(),
         resolved: HashMap::new(),
         tasks: JoinSet::new(),
+        live,
         reported: HashSet::new(),
     };
     let outcome = sup.run().await;
-    // Drain: workers finish their batch in flight and release their ranges.
+    // Drain: workers finish their batch in flight and release their ranges, within a bound.
     cancel.cancel();
-    while let Some(res) = sup.tasks.join_next().await {
-        if let Err(e) = res {
-            tracing::error!(error = %e, "worker task panicked");
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(res) = sup.tasks.join_next().await {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "worker task panicked");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            after_s = DRAIN_TIMEOUT.as_secs(),
+            "batches still in flight at shutdown: abandoning them (they roll back; their leases expire)"
+        );
+        sup.tasks.abort_all();
     }
     gauge!(m::ACTIVE_WORKERS).set(0.0);
     let _ = renewer.await;
@@ -116,15 +135,27 @@ impl Supervisor {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Outcome::Shutdown,
                 _ = tokio::time::sleep(self.cfg.scan_interval) => {}
-                Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                Some(res) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     // A finished range may free a slot or complete a job: rescan now.
                     match res {
-                        Ok((name, outcome)) => self.worker_finished(&name, outcome).await,
-                        Err(e) => tracing::error!(error = %e, "worker task panicked"),
+                        Ok((id, (name, outcome))) => {
+                            self.forget(id);
+                            self.worker_finished(&name, outcome).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "worker task panicked");
+                            if let Some(claim) = self.forget(e.id()) {
+                                self.worker_finished(&claim.job, RangeOutcome::Stopped).await;
+                            }
+                        }
                     }
                 }
             }
         }
+    }
+
+    fn forget(&mut self, id: tokio::task::Id) -> Option<Claim> {
+        self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&id)
     }
 
     async fn worker_finished(&mut self, name: &str, outcome: RangeOutcome) {
@@ -212,11 +243,19 @@ impl Supervisor {
         }
         let job = match self.resolved.get(&name) {
             Some(job) if job.spec == spec => job.clone(),
-            _ => {
-                let job = Arc::new(self.resolve(spec).await?);
-                self.resolved.insert(name.clone(), job.clone());
-                job
-            }
+            _ => match self.resolve(spec).await {
+                Ok(Ok(job)) => {
+                    let job = Arc::new(job);
+                    self.resolved.insert(name.clone(), job.clone());
+                    job
+                }
+                Ok(Err(invalid)) => return Err(invalid),
+                Err(transient) => {
+                    // The database being briefly unreachable is not a broken spec.
+                    tracing::warn!(job = %name, error = %transient, "cannot resolve the job yet; will retry");
+                    return Ok(None);
+                }
+            },
         };
         let row = match self
             .ctx
@@ -244,6 +283,11 @@ impl Supervisor {
             }
         };
         if row.state.is_terminal() || row.state == State::Paused {
+            // Paused, cancelled or failed from elsewhere: stop our workers now, even those waiting
+            // on the throttle or sleeping between batches, which would only notice at their next batch.
+            if let Some(active) = self.active.get(&name) {
+                active.cancel.cancel();
+            }
             return Ok(Some(row.state));
         }
         if !row.planned {
@@ -282,18 +326,16 @@ impl Supervisor {
         Ok(Some(row.state))
     }
 
-    async fn resolve(&self, spec: JobSpec) -> Result<Job, String> {
-        let mut conn = match self.ctx.pool.acquire().await {
-            Ok(c) => c,
-            Err(e) => return Err(format!("database unavailable: {e}")),
-        };
+    /// `Ok(Err)`: the spec does not fit the database (a finding); `Err`: the database did not answer.
+    async fn resolve(&self, spec: JobSpec) -> Result<Result<Job, String>, String> {
+        let mut conn = self.ctx.pool.acquire().await.map_err(|e| format!("database unavailable: {e}"))?;
         match catalog::resolve(&mut conn, &spec).await {
-            Ok(Ok(resolved)) => Ok(Job::new(spec, resolved)),
-            Ok(Err(findings)) => Err(findings
+            Ok(Ok(resolved)) => Ok(Ok(Job::new(spec, resolved))),
+            Ok(Err(findings)) => Ok(Err(findings
                 .iter()
                 .map(|f| format!("{}: {} (fix: {})", f.field, f.message, f.hint))
                 .collect::<Vec<_>>()
-                .join("; ")),
+                .join("; "))),
             Err(e) => Err(format!("database error while resolving: {e}")),
         }
     }
@@ -322,7 +364,9 @@ impl Supervisor {
             });
             active.workers += 1;
             let (ctx, job, cancel, n) = (self.ctx.clone(), job.clone(), active.cancel.clone(), name.clone());
-            self.tasks.spawn(async move { (n, worker::run_range(ctx, job, claim, cancel).await) });
+            let held = claim.clone();
+            let handle = self.tasks.spawn(async move { (n, worker::run_range(ctx, job, claim, cancel).await) });
+            self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(handle.id(), held);
             gauge!(m::ACTIVE_WORKERS).set(self.active.values().map(|a| a.workers).sum::<usize>() as f64);
         }
     }
@@ -449,13 +493,20 @@ impl<'q, O> BindAll<'q> for sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx
 
 /// Keep this daemon's leases alive. A failed renewal is only logged: if the database is gone for
 /// longer than the lease, another daemon may take over, and fencing keeps that safe.
-async fn renew_leases(progress: Progress, owner: String, lease: Duration, cancel: CancellationToken) {
+async fn renew_leases(
+    progress: Progress,
+    live: Arc<Mutex<HashMap<tokio::task::Id, Claim>>>,
+    lease: Duration,
+    cancel: CancellationToken,
+) {
     let every = lease / 4;
     loop {
         if worker::sleep_or_cancel(every, &cancel).await {
             return;
         }
-        if let Err(e) = progress.renew(&owner, lease).await {
+        let claims: Vec<Claim> =
+            live.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect();
+        if let Err(e) = progress.renew(&claims, lease).await {
             tracing::warn!(error = %e, "could not renew range leases");
         }
     }

@@ -43,6 +43,10 @@ impl Job {
     }
 }
 
+/// Statement timeouts in a row at `batch.min_size` before a job is failed: halving cannot help
+/// any more, and retrying forever would show a "running" job that never moves.
+const MAX_TIMEOUTS_AT_MIN: u32 = 5;
+
 /// How a range worker ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RangeOutcome {
@@ -81,6 +85,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
     let mut measurements = ctx.measurements.clone();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     let mut throttle = ThrottleClock::default();
+    let mut timeouts_at_min = 0u32;
     tracing::info!(job = %name, range = claim.range_no, epoch = claim.epoch, "range claimed");
 
     let outcome = loop {
@@ -93,9 +98,21 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         let limit = sizer.size();
         gauge!(m::BATCH_SIZE, "job" => name.clone()).set(limit as f64);
         let started = Instant::now();
-        match one_batch(&ctx, &job, &claim, limit).await {
+        // A client-side bound too: on a half-open connection the server's timeouts never reach us.
+        // Dropping the attempt is safe: the batch rolls back and the cursor is re-read next time.
+        let t = &job.spec.timeouts;
+        let bound = t.lock + t.statement + batch::IDLE_IN_BATCH_TIMEOUT;
+        let attempt = match tokio::time::timeout(bound, one_batch(&ctx, &job, &claim, limit)).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from the database within {}s", bound.as_secs()),
+            ))),
+        };
+        match attempt {
             Ok(Step::Advanced { scanned, updated, done }) => {
                 let elapsed = started.elapsed();
+                timeouts_at_min = 0;
                 if backoff.attempts() > 0 {
                     // The transient error is over: `status` must not keep showing it on a job that
                     // is running (or completed) fine. Best effort, like recording it.
@@ -134,6 +151,22 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                     break RangeOutcome::Failed(message);
                 }
                 if disposition == Disposition::Shrink {
+                    if sizer.at_min() {
+                        timeouts_at_min += 1;
+                    }
+                    if timeouts_at_min >= MAX_TIMEOUTS_AT_MIN {
+                        let message = format!(
+                            "batches of batch.min_size ({}) rows still exceed timeouts.statement ({:?}) after {} tries: \
+                             raise timeouts.statement, lower batch.min_size, or look for a slow trigger or plan \
+                             (pgbackfill check); last error: {message}",
+                            b.min_size, t.statement, timeouts_at_min
+                        );
+                        tracing::error!(job = %name, range = claim.range_no, error = %message, "failing the job");
+                        if let Err(e) = ctx.progress.fail(&name, &message).await {
+                            tracing::error!(job = %name, error = %e, "could not record the failure");
+                        }
+                        break RangeOutcome::Failed(message);
+                    }
                     sizer.halve();
                 }
                 let delay = backoff.next_delay();

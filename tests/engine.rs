@@ -678,3 +678,59 @@ async fn an_invalid_spec_file_does_not_stop_the_good_job() {
     assert_eq!(job_now(&pool, "good").await.state, "completed");
     assert!(job(&pool, "broken").await.is_none());
 }
+
+// ----- control reaches workers held by the throttle; hopeless timeouts fail the job -----
+
+/// A job held by the throttle (here: more standbys required than exist, so it never writes) still
+/// obeys `pause` and `cancel` at once: its workers stop and release their ranges, and a daemon with
+/// `--exit-when-done` exits instead of waiting forever on a worker that is parked on the gate.
+#[tokio::test]
+async fn pause_and_cancel_reach_a_throttled_job() {
+    let (db, pool) = database(
+        "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    let jobs = JobsDir::new();
+    jobs.write("held", &spec("held", "t", 10, "throttle:\n  min_replicas: 5\n"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    wait_until(REACT, "the held job owns its range", || async {
+        job(&pool, "held").await.is_some_and(|j| j.owned == 1)
+    })
+    .await;
+    assert_eq!(count(&pool, "SELECT count(*) FROM t WHERE n <> 0").await, 0, "a held job wrote");
+
+    assert!(run_cli(&db.url, &["pause", "held"]).contains("held: paused"));
+    wait_until(REACT, "the paused job's range released", || async {
+        job(&pool, "held").await.is_some_and(|j| j.owned == 0)
+    })
+    .await;
+
+    assert!(run_cli(&db.url, &["cancel", "held"]).contains("held: cancelled"));
+    assert_eq!(exit_of(&mut daemon).code(), Some(1), "log:\n{}", daemon.log());
+    let j = job_now(&pool, "held").await;
+    assert_eq!((j.state.as_str(), j.owned, j.rows_updated), ("cancelled", 0, 0), "{j:?}");
+}
+
+/// A batch that exceeds `timeouts.statement` even at `batch.min_size` (a slow per-statement
+/// trigger) is halved down to the minimum, retried a few times, then fails the job with a hint
+/// instead of retrying forever behind a "running" state.
+#[tokio::test]
+async fn statement_timeouts_at_min_size_fail_the_job_with_a_hint() {
+    let (db, pool) = database(
+        "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT g FROM generate_series(1, 50) g;
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+         CREATE TRIGGER slow BEFORE UPDATE ON t FOR EACH STATEMENT EXECUTE FUNCTION slow();",
+    )
+    .await;
+    let jobs = JobsDir::new();
+    jobs.write("slow", &spec("slow", "t", 8, "timeouts:\n  statement: 200ms\n"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    assert_eq!(exit_of(&mut daemon).code(), Some(1), "log:\n{}", daemon.log());
+    let j = job_now(&pool, "slow").await;
+    assert_eq!((j.state.as_str(), j.rows_updated), ("failed", 0), "{j:?}");
+    let error = j.last_error.unwrap_or_default();
+    assert!(error.contains("batch.min_size") && error.contains("timeouts.statement"), "{error}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM t WHERE n <> 0").await, 0);
+}
