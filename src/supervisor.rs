@@ -72,6 +72,8 @@ struct Supervisor {
     /// The claim of every live worker task, by task id: the leases the renewer keeps alive. A task
     /// that ends, even by panicking, leaves this map, so its range's lease runs out.
     live: Arc<Mutex<HashMap<tokio::task::Id, Claim>>>,
+    /// Jobs whose verification is running.
+    finalizing: Arc<Mutex<HashSet<String>>>,
     reported: HashSet<String>,
 }
 
@@ -98,6 +100,7 @@ pub async fn run(
         resolved: HashMap::new(),
         tasks: JoinSet::new(),
         live,
+        finalizing: Arc::new(Mutex::new(HashSet::new())),
         reported: HashSet::new(),
     };
     let outcome = sup.run().await;
@@ -169,7 +172,7 @@ impl Supervisor {
         if outcome == RangeOutcome::Done {
             let job = self.resolved.get(name).cloned();
             if let Some(job) = job {
-                self.finalize(&job).await;
+                self.spawn_finalize(job);
             }
         }
     }
@@ -309,8 +312,8 @@ impl Supervisor {
             // Nothing running here: finish a job whose ranges are all done (e.g. crash before completion).
             match self.ctx.progress.all_ranges_done(&name).await {
                 Ok(true) => {
-                    self.finalize(&job).await;
-                    return Ok(self.ctx.progress.job(&name).await.ok().flatten().map(|r| r.state));
+                    self.spawn_finalize(job);
+                    return Ok(Some(row.state));
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -371,30 +374,45 @@ impl Supervisor {
         }
     }
 
-    /// When every range is done: count rows still matching `where` and mark the job completed.
-    async fn finalize(&self, job: &Job) {
-        let name = job.name();
-        match self.ctx.progress.all_ranges_done(name).await {
-            Ok(true) => {}
-            _ => return,
+    /// When every range is done: verify and complete the job in a task of its own, so a long count
+    /// over a big table holds up neither the other jobs nor shutdown. One at a time per job.
+    fn spawn_finalize(&self, job: Arc<Job>) {
+        let name = job.name().to_string();
+        if !self.finalizing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.clone()) {
+            return;
         }
-        let leftover = match verify(&self.ctx, job).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(job = %name, error = %e, "verification query failed; will retry");
-                return;
+        let (ctx, finalizing) = (self.ctx.clone(), self.finalizing.clone());
+        tokio::spawn(async move {
+            finalize(&ctx, &job).await;
+            finalizing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&name);
+        });
+    }
+}
+
+/// Count rows still matching `where` and mark the job completed. Idempotent across daemons; a
+/// failure is retried by a later scan.
+async fn finalize(ctx: &Context, job: &Job) {
+    let name = job.name();
+    match ctx.progress.all_ranges_done(name).await {
+        Ok(true) => {}
+        _ => return,
+    }
+    let leftover = match verify(ctx, job).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(job = %name, error = %e, "verification query failed; will retry");
+            return;
+        }
+    };
+    match ctx.progress.complete(name, leftover).await {
+        Ok(true) => match leftover {
+            Some(n) if n > 0 => {
+                tracing::warn!(job = %name, leftover_rows = n, "job completed, but rows in its range still match `where`")
             }
-        };
-        match self.ctx.progress.complete(name, leftover).await {
-            Ok(true) => match leftover {
-                Some(n) if n > 0 => {
-                    tracing::warn!(job = %name, leftover_rows = n, "job completed, but rows in its range still match `where`")
-                }
-                _ => tracing::info!(job = %name, "job completed"),
-            },
-            Ok(false) => {}
-            Err(e) => tracing::warn!(job = %name, error = %e, "could not mark the job completed; will retry"),
-        }
+            _ => tracing::info!(job = %name, "job completed"),
+        },
+        Ok(false) => {}
+        Err(e) => tracing::warn!(job = %name, error = %e, "could not mark the job completed; will retry"),
     }
 }
 
