@@ -10,54 +10,190 @@ use std::time::Duration;
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+/// How long one `acquire` waits for a connection (including connect retries while the server
+/// refuses connections) before giving up.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Session settings sent in the startup packet of every connection.
+///
+/// The TCP keepalives are a safety net for a peer that vanishes without closing the connection
+/// (a failed-over primary, a dropped NAT entry): the server notices within about a minute
+/// (30 s idle + 3 × 10 s probes) and ends the session, so a half-open connection does not keep a
+/// batch's locks or a lease's transaction alive. They are ignored on Unix sockets.
+///
+/// `idle_in_transaction_session_timeout` is deliberately *not* set here: each batch sets its own,
+/// scoped to its transaction, and a global value would also cut the progress table's sessions.
+pub const SESSION_OPTIONS: [(&str, &str); 7] = [
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "iso_8601"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("tcp_keepalives_idle", "30"),
+    ("tcp_keepalives_interval", "10"),
+    ("tcp_keepalives_count", "3"),
+];
+
 /// Parse a database URL and pin the session settings pgbackfill relies on.
 pub fn connect_options(url: &str, application_name: &str) -> Result<PgConnectOptions, sqlx::Error> {
     let opts = PgConnectOptions::from_str(url)?
         .application_name(application_name)
-        .options([
-            ("DateStyle", "ISO, YMD"),
-            ("IntervalStyle", "iso_8601"),
-            ("TimeZone", "UTC"),
-            ("extra_float_digits", "3"),
-        ])
+        .options(SESSION_OPTIONS)
         // Statement logging at INFO would print every batch's SQL; keep sqlx's own log quiet.
         .log_statements(log::LevelFilter::Debug)
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60));
     Ok(opts)
 }
 
-/// A pool for a daemon or a CLI command.
-pub async fn pool(url: &str, application_name: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let opts = connect_options(url, application_name)?;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(opts)
-        .await
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT)
 }
 
-/// The URL with any password removed, for logs and status output.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}@{host}")
+/// A pool for a daemon or a CLI command.
+///
+/// The pool is lazy: it opens no connection here, so a daemon started next to its database
+/// (a sidecar, or a database that is restarting) gets past start-up and waits in its own retry
+/// loop instead of exiting. Only a malformed URL fails here; an unreachable database shows on the
+/// first query — call [`check_connection`] to get that error, with its cause, up front.
+///
+/// Still `async` so callers need not change.
+pub async fn pool(url: &str, application_name: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let opts = connect_options(url, application_name)?;
+    Ok(pool_options(max_connections).connect_lazy_with(opts))
+}
+
+/// The database could not be reached; the message names the (redacted) URL and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {url}: {source}")]
+pub struct ConnectError {
+    pub url: String,
+    #[source]
+    pub source: sqlx::Error,
+}
+
+/// Open (and return to the pool) one connection, for CLI commands that should fail fast and
+/// clearly when the database is unreachable.
+///
+/// When the pool only says it timed out (it retries refused connections until
+/// [`ACQUIRE_TIMEOUT`]), one direct attempt recovers the underlying cause ("connection refused",
+/// a DNS failure, an authentication error) for the message.
+pub async fn check_connection(pool: &PgPool, url: &str) -> Result<(), ConnectError> {
+    let err = match pool.acquire().await {
+        Ok(_) => return Ok(()),
+        Err(sqlx::Error::PoolTimedOut) => {
+            match tokio::time::timeout(ACQUIRE_TIMEOUT, pool.connect_options().connect()).await {
+                Ok(Ok(conn)) => {
+                    // The server came up in between: fine after all.
+                    let _ = sqlx::Connection::close(conn).await;
+                    return Ok(());
+                }
+                Ok(Err(e)) => e,
+                Err(_) => sqlx::Error::PoolTimedOut,
             }
-            None => url.to_string(),
-        },
-        None => "<database url>".to_string(),
+        }
+        Err(e) => e,
+    };
+    Err(ConnectError { url: redact_url(url), source: err })
+}
+
+/// Query parameters that carry a secret (libpq's `password`, and the client key's `sslpassword`).
+fn is_secret_param(key: &str) -> bool {
+    key.eq_ignore_ascii_case("password") || key.eq_ignore_ascii_case("sslpassword")
+}
+
+/// The URL with every password removed (userinfo and `password`/`sslpassword` query parameters),
+/// for logs, error contexts and status output. Anything that does not parse as a URL (a libpq
+/// keyword/value string, say) is not echoed at all.
+pub fn redact_url(url: &str) -> String {
+    const OPAQUE: &str = "<database url>";
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return OPAQUE.to_string();
+    };
+    if parsed.password().is_some() && parsed.set_password(None).is_err() {
+        return OPAQUE.to_string();
     }
+    if let Some(query) = parsed.query() {
+        // Filter the raw `&`-separated pairs (comparing decoded keys) rather than re-serializing,
+        // so the parameters that stay are shown exactly as given (`host=/sock`, not `host=%2Fsock`).
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let key = pair.split('=').next().unwrap_or("");
+                let key = url::form_urlencoded::parse(key.as_bytes()).next().map(|(k, _)| k).unwrap_or_default();
+                !is_secret_param(&key)
+            })
+            .collect();
+        let kept = kept.join("&");
+        parsed.set_query(if kept.is_empty() { None } else { Some(&kept) });
+    }
+    let redacted = parsed.to_string();
+    // Belt and braces: never hand back something that still carries a password.
+    if parsed.password().is_some() || parsed.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+        return OPAQUE.to_string();
+    }
+    redacted
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::*;
 
     #[test]
-    fn redacts_passwords() {
+    fn redacts_userinfo_passwords() {
         assert_eq!(redact_url("postgres://app:s3cr%40t@db:5432/x"), "postgres://app@db:5432/x");
+        assert_eq!(redact_url("postgresql://app:pw@db/x"), "postgresql://app@db/x");
+        // Percent-encoded ':' and '@' inside the password do not confuse the split.
+        assert_eq!(redact_url("postgres://app:a%3Ab%40c@db/x"), "postgres://app@db/x");
         assert_eq!(redact_url("postgres://db/x"), "postgres://db/x");
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+    }
+
+    #[test]
+    fn redacts_query_passwords() {
+        assert_eq!(redact_url("postgres://app@db/x?password=s3cret"), "postgres://app@db/x");
+        assert_eq!(redact_url("postgres:///x?host=/sock&password=s3cret"), "postgres:///x?host=/sock");
+        assert_eq!(
+            redact_url("postgresql://u:p@h/d?sslmode=require&PassWord=x&sslpassword=y&application_name=a"),
+            "postgresql://u@h/d?sslmode=require&application_name=a"
+        );
+        // An encoded key is still recognized.
+        assert_eq!(redact_url("postgres://h/d?pass%77ord=x&port=5433"), "postgres://h/d?port=5433");
+        assert_eq!(redact_url("postgres://h/d?password=a%26b"), "postgres://h/d");
+        // Parameters that merely contain the word stay.
+        assert_eq!(redact_url("postgres://h/d?passfile=/p"), "postgres://h/d?passfile=/p");
+    }
+
+    #[test]
+    fn unparsable_is_opaque() {
         assert_eq!(redact_url("host=db password=x"), "<database url>");
+        assert_eq!(redact_url(""), "<database url>");
+    }
+
+    #[test]
+    fn session_options() {
+        let opts = connect_options("postgres://app@db/x", "t").unwrap();
+        let sent = opts.get_options().unwrap();
+        for want in ["tcp_keepalives_idle=30", "tcp_keepalives_interval=10", "tcp_keepalives_count=3", "TimeZone=UTC"] {
+            assert!(sent.contains(want), "{want} missing from {sent}");
+        }
+        assert!(!sent.contains("idle_in_transaction_session_timeout"), "{sent}");
+        assert_eq!(opts.get_application_name(), Some("t"));
+    }
+
+    #[tokio::test]
+    async fn pool_is_lazy_and_connection_errors_are_clear() {
+        // Nothing listens on port 1 of loopback: an eager pool would fail here.
+        let url = "postgres://app:s3cret@127.0.0.1:1/x";
+        let lazy = pool(url, "t", 2).await.expect("a lazy pool does not connect");
+        assert_eq!(lazy.size(), 0);
+        // The same pool with a short acquire timeout, so the test does not wait ACQUIRE_TIMEOUT.
+        let pool = pool_options(2)
+            .acquire_timeout(Duration::from_millis(300))
+            .connect_lazy_with(connect_options(url, "t").unwrap());
+        let err = check_connection(&pool, url).await.unwrap_err().to_string();
+        assert!(err.starts_with("cannot connect to postgres://app@127.0.0.1:1/x: "), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(!err.contains("pool timed out"), "the cause, not the pool's timeout: {err}");
+        // A malformed URL still fails at once.
+        assert!(super::pool("postgres://h:notaport/x", "t", 2).await.is_err());
     }
 }

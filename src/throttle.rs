@@ -49,6 +49,11 @@ pub struct Measurement {
     pub oldest_transaction_seconds: Option<f64>,
     /// Why lag could not be measured, with the fix. Fail closed while this is set.
     pub error: Option<String>,
+    /// How long after `at` the measurement may be trusted: the controller sets it from its poll
+    /// interval ([`ControllerConfig::measurement_valid_for`]), so a stuck controller stops jobs
+    /// within a few polls rather than after a fixed time that may exceed `max_lag`.
+    #[serde(skip)]
+    pub valid_for: Duration,
 }
 
 impl Measurement {
@@ -60,6 +65,7 @@ impl Measurement {
             slots: Vec::new(),
             oldest_transaction_seconds: None,
             error: Some("no replication lag measurement yet".into()),
+            valid_for: MAX_MEASUREMENT_AGE,
         }
     }
 
@@ -89,8 +95,10 @@ impl Decision {
     }
 }
 
-/// Measurements older than this are not trusted (the controller is stuck or the database is gone).
-pub const MAX_MEASUREMENT_AGE: Duration = Duration::from_secs(15);
+/// The shortest time a measurement is trusted for, however fast the controller polls (and the
+/// validity of [`Measurement::unknown`]). Each measurement carries its own limit in
+/// [`Measurement::valid_for`]; past it the controller is stuck or the database is gone.
+pub const MAX_MEASUREMENT_AGE: Duration = Duration::from_secs(3);
 
 /// One job's view of the throttle, with hysteresis: once throttled, it stays so until every signal
 /// is below its resume level, so the job does not flap around the limit.
@@ -155,12 +163,14 @@ impl Gate {
             return Decision::wait("unknown", format!("lag unknown: {err}"));
         }
         let age = m.at.elapsed();
-        if age > MAX_MEASUREMENT_AGE {
+        if age > m.valid_for {
             return Decision::wait(
                 "stale",
                 format!(
-                    "lag unknown: no lag measurement for {}s (the database is unreachable or slow to answer)",
-                    age.as_secs()
+                    "lag unknown: no lag measurement for {:.1}s (over its {}s validity: the database is \
+                     unreachable or slow to answer)",
+                    age.as_secs_f64(),
+                    fmt_secs(m.valid_for.as_secs_f64())
                 ),
             );
         }
@@ -290,6 +300,21 @@ impl Default for ControllerConfig {
     }
 }
 
+impl ControllerConfig {
+    /// How long a measurement is trusted: three polls, so one slow or lost poll does not stop
+    /// every job, but never less than [`MAX_MEASUREMENT_AGE`].
+    pub fn measurement_valid_for(&self) -> Duration {
+        (self.poll_interval * 3).max(MAX_MEASUREMENT_AGE)
+    }
+
+    /// How long one poll may take, client side (the whole poll, connection included) and server
+    /// side (`statement_timeout` of each of its queries): five polls, between 5 s and 30 s. A
+    /// hung poll then publishes an error instead of leaving the last measurement to go stale.
+    pub fn poll_timeout(&self) -> Duration {
+        (self.poll_interval * 5).clamp(Duration::from_secs(5), Duration::from_secs(30))
+    }
+}
+
 /// The primary's WAL position over time, to turn a standby's replay position into a time lag that
 /// needs only the primary's clock: "how long ago was the primary where the standby is now?"
 #[derive(Debug, Default)]
@@ -310,21 +335,69 @@ impl LsnHistory {
 
     /// Time lag of a standby that has replayed up to `replay`, as of `now`. `None` when the history
     /// cannot tell (no sample yet).
-    pub fn lag(&self, replay: u64, now: Instant) -> Option<Duration> {
+    pub fn lag(&self, replay: u64, now: Instant) -> Option<TimeLag> {
         let &(_, current) = self.samples.back()?;
         if replay >= current {
-            return Some(Duration::ZERO);
+            return Some(TimeLag::Exact(Duration::ZERO));
         }
         let i = self.samples.iter().position(|&(_, lsn)| lsn > replay)?;
         if i == 0 {
-            // Already past `replay` at the oldest sample: at least that long ago.
-            return Some(now.duration_since(self.samples[0].0));
+            // Already past `replay` at the oldest sample: at least that long ago, and right after
+            // start-up that bound is about zero whatever the real lag is.
+            return Some(TimeLag::AtLeast(now.saturating_duration_since(self.samples[0].0)));
         }
         let (t0, l0) = self.samples[i - 1];
         let (t1, l1) = self.samples[i];
         let frac = (replay - l0) as f64 / (l1 - l0).max(1) as f64;
         let passed = t0 + t1.duration_since(t0).mul_f64(frac);
-        Some(now.saturating_duration_since(passed))
+        Some(TimeLag::Exact(now.saturating_duration_since(passed)))
+    }
+}
+
+/// A time lag from [`LsnHistory`]: interpolated between two samples, or only a lower bound when
+/// the standby is behind the oldest sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TimeLag {
+    Exact(Duration),
+    AtLeast(Duration),
+}
+
+impl TimeLag {
+    /// The lag, or its lower bound.
+    pub fn at_least(self) -> Duration {
+        match self {
+            TimeLag::Exact(d) | TimeLag::AtLeast(d) => d,
+        }
+    }
+}
+
+/// One standby's time lag (seconds) from what the primary shows, or why it is unknown.
+///
+/// `replay_lag` (the standby's own report) and the primary-side `estimate` may each be behind the
+/// truth, so the larger counts. A NULL `replay_lag` means "caught up" only while the byte lag is
+/// small: past [`SMALL_GAP_BYTES`] the estimate must stand alone, and a mere lower bound (the
+/// standby is behind everything this controller has seen, as right after it starts) is no
+/// measurement at all — fail closed until the history covers the standby's position.
+fn standby_lag(lag_bytes: i64, replay_lag: Option<f64>, estimate: Option<TimeLag>) -> Result<f64, String> {
+    if lag_bytes == 0 {
+        // Replayed everything we had written when this poll began. `replay_lag` still shows the
+        // lag of the last WAL it replayed (for up to one status interval after a catch-up, or
+        // until the next write): history, not lag.
+        return Ok(0.0);
+    }
+    let estimate = if lag_bytes > SMALL_GAP_BYTES { estimate } else { Some(TimeLag::Exact(Duration::ZERO)) };
+    match (replay_lag, estimate) {
+        // `replay_lag` covers small gaps held back by recovery_min_apply_delay; the estimate keeps
+        // growing while the standby is stuck.
+        (Some(reported), estimate) => Ok(reported.max(estimate.map_or(0.0, |e| e.at_least().as_secs_f64()))),
+        (None, Some(TimeLag::Exact(d))) => Ok(d.as_secs_f64()),
+        (None, Some(TimeLag::AtLeast(d))) => Err(format!(
+            "replay_lag is NULL and it is {lag_bytes} bytes behind the oldest WAL position pgbackfill has \
+             sampled, so its lag is only known to be at least {:.1}s (it is known once the standby \
+             replays past that position, or once pgbackfill has watched the primary for longer)",
+            d.as_secs_f64()
+        )),
+        (None, None) => Err(format!("replay_lag is NULL and it is {lag_bytes} bytes behind, with no WAL history yet")),
     }
 }
 
@@ -366,7 +439,10 @@ pub fn spawn_controller(
         let mut published = PublishedMetrics::default();
         let mut last_error: Option<String> = None;
         loop {
-            let m = measure(&pool, &cfg, &mut tracker).await;
+            let m = tokio::select! {
+                _ = cancel.cancelled() => return,
+                m = poll_with_timeout(measure(&pool, &cfg, &mut tracker), cfg.poll_timeout(), &cfg) => m,
+            };
             published.publish(&m);
             if m.error != last_error {
                 match &m.error {
@@ -387,17 +463,37 @@ pub fn spawn_controller(
     rx
 }
 
+/// One poll bounded by [`ControllerConfig::poll_timeout`]: a poll that hangs (a connection that
+/// never answers, a lock on a catalog) publishes an error, so workers fail closed and say why,
+/// and the controller tries again at its next poll instead of freezing.
+async fn poll_with_timeout(
+    poll: impl std::future::Future<Output = Measurement>,
+    timeout: Duration,
+    cfg: &ControllerConfig,
+) -> Measurement {
+    match tokio::time::timeout(timeout, poll).await {
+        Ok(m) => m,
+        Err(_) => Measurement {
+            error: Some(format!("lag query timed out after {}", humantime::format_duration(timeout))),
+            valid_for: cfg.measurement_valid_for(),
+            ..Measurement::unknown()
+        },
+    }
+}
+
 /// pid, name, state, replay position, `replay_lag`, `reply_time` (epoch seconds).
 type ReplicationRow = (i32, String, Option<String>, Option<f64>, Option<f64>, Option<f64>);
 
 /// One poll. Never fails: a failure is a measurement with `error` set.
 pub async fn measure(pool: &sqlx::PgPool, cfg: &ControllerConfig, tracker: &mut Tracker) -> Measurement {
-    match try_measure(pool, cfg, tracker).await {
+    let mut m = match try_measure(pool, cfg, tracker).await {
         Ok(m) => m,
         Err(e) => {
             Measurement { error: Some(format!("cannot read pg_stat_replication: {e}")), ..Measurement::unknown() }
         }
-    }
+    };
+    m.valid_for = cfg.measurement_valid_for();
+    m
 }
 
 async fn try_measure(
@@ -405,7 +501,14 @@ async fn try_measure(
     cfg: &ControllerConfig,
     tracker: &mut Tracker,
 ) -> Result<Measurement, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
+    // One transaction per poll, so the server-side limit below is scoped to it and leaves the
+    // pooled connection as it was. The client-side timeout alone would leave a stuck query
+    // running on the server after the poll gave up on it.
+    let mut conn = pool.begin().await?;
+    sqlx::query("SELECT set_config('statement_timeout', $1, true)")
+        .bind(format!("{}ms", cfg.poll_timeout().as_millis()))
+        .execute(&mut *conn)
+        .await?;
     let (in_recovery, role, can_read): (bool, String, bool) =
         sqlx::query_as("SELECT pg_is_in_recovery(), current_user::text, pg_has_role('pg_read_all_stats', 'USAGE')")
             .fetch_one(&mut *conn)
@@ -460,23 +563,13 @@ async fn try_measure(
                 cfg.max_reply_age.as_secs()
             );
             (None, Some(why))
-        } else if lag_bytes == 0 {
-            // Replayed everything we had written when this poll began. `replay_lag` still shows the
-            // lag of the last WAL it replayed (for up to one status interval after a catch-up, or
-            // until the next write): history, not lag.
-            (Some(0.0), None)
         } else {
             // The primary-side estimate needs only our clock and keeps growing while the standby is
-            // stuck; `replay_lag` covers small gaps held back by recovery_min_apply_delay. Either
-            // may be behind the truth, so take the larger.
-            let computed = if lag_bytes > SMALL_GAP_BYTES {
-                tracker.history.lag(replay as u64, now).map(|d| d.as_secs_f64()).unwrap_or(0.0)
-            } else {
-                0.0
-            };
-            // NULL replay_lag: caught up before this burst, or a walsender that has not seen its
-            // standby cross a sample yet; the estimate stands alone then.
-            (Some(replay_lag.unwrap_or(0.0).max(computed)), None)
+            // stuck.
+            match standby_lag(lag_bytes, replay_lag, tracker.history.lag(replay as u64, now)) {
+                Ok(lag) => (Some(lag), None),
+                Err(why) => (None, Some(why)),
+            }
         };
         standbys.push(Standby { name, lag_seconds, lag_bytes: Some(lag_bytes), streaming, unknown });
     }
@@ -491,12 +584,14 @@ async fn try_measure(
     )
     .fetch_one(&mut *conn)
     .await?;
+    conn.commit().await?;
     Ok(Measurement {
         at: now,
         standbys,
         slots: slots.into_iter().map(|(name, active, retained_bytes)| Slot { name, retained_bytes, active }).collect(),
         oldest_transaction_seconds: oldest,
         error: None,
+        valid_for: cfg.measurement_valid_for(),
     })
 }
 
@@ -558,15 +653,76 @@ mod history_tests {
         h.record(t0 + Duration::from_secs(1), 2000);
         h.record(t0 + Duration::from_secs(2), 3000);
         let now = t0 + Duration::from_secs(2);
-        assert_eq!(h.lag(3000, now), Some(Duration::ZERO));
+        assert_eq!(h.lag(3000, now), Some(TimeLag::Exact(Duration::ZERO)));
         // The primary was at 1500 half-way between the first two samples: 1.5 s ago.
-        let lag = h.lag(1500, now).unwrap().as_secs_f64();
-        assert!((lag - 1.5).abs() < 0.01, "{lag}");
-        // Behind the oldest sample: at least the whole history.
-        assert_eq!(h.lag(10, now), Some(Duration::from_secs(2)));
+        let Some(TimeLag::Exact(lag)) = h.lag(1500, now) else { panic!() };
+        assert!((lag.as_secs_f64() - 1.5).abs() < 0.01, "{lag:?}");
+        // Behind the oldest sample: at least the whole history, and only that is known.
+        assert_eq!(h.lag(10, now), Some(TimeLag::AtLeast(Duration::from_secs(2))));
         // A paused standby's lag grows in real time without new samples.
         let later = now + Duration::from_secs(5);
-        assert!(h.lag(1500, later).unwrap() > Duration::from_secs(6));
+        assert!(matches!(h.lag(1500, later), Some(TimeLag::Exact(d)) if d > Duration::from_secs(6)));
+        assert_eq!(LsnHistory::default().lag(10, now), None);
+    }
+
+    #[test]
+    fn null_replay_lag_with_a_large_gap_right_after_start_is_unknown() {
+        // The controller has just started: one sample, and the standby is far behind it.
+        let t0 = Instant::now();
+        let mut h = LsnHistory::default();
+        h.record(t0, 100_000_000);
+        let estimate = h.lag(1_000, t0);
+        assert_eq!(estimate, Some(TimeLag::AtLeast(Duration::ZERO)));
+        let why = standby_lag(99_999_000, None, estimate).unwrap_err();
+        assert!(why.contains("replay_lag is NULL") && why.contains("at least 0.0s"), "{why}");
+        assert!(standby_lag(99_999_000, None, None).is_err());
+        // Once the history covers the standby's position, the estimate is exact and stands alone.
+        assert_eq!(standby_lag(99_999_000, None, Some(TimeLag::Exact(Duration::from_secs(4)))), Ok(4.0));
+        // A small gap with NULL replay_lag is a standby between replies: caught up.
+        assert_eq!(standby_lag(500, None, estimate), Ok(0.0));
+        assert_eq!(standby_lag(0, None, None), Ok(0.0));
+        // With replay_lag reported, the larger of the two counts, a lower bound included.
+        assert_eq!(standby_lag(99_999_000, Some(2.0), estimate), Ok(2.0));
+        assert_eq!(standby_lag(99_999_000, Some(2.0), Some(TimeLag::AtLeast(Duration::from_secs(7)))), Ok(7.0));
+        assert_eq!(standby_lag(99_999_000, Some(2.0), Some(TimeLag::Exact(Duration::from_secs(1)))), Ok(2.0));
+        // Small gap: the estimate is ignored, replay_lag (apply delay) counts.
+        assert_eq!(standby_lag(500, Some(5.0), Some(TimeLag::Exact(Duration::from_secs(60)))), Ok(5.0));
+        // Fully replayed: replay_lag is history.
+        assert_eq!(standby_lag(0, Some(5.0), None), Ok(0.0));
+    }
+
+    #[test]
+    fn limits_derive_from_the_poll_interval() {
+        let cfg = |ms| ControllerConfig { poll_interval: Duration::from_millis(ms), ..ControllerConfig::default() };
+        assert_eq!(cfg(200).measurement_valid_for(), Duration::from_secs(3));
+        assert_eq!(cfg(1000).measurement_valid_for(), Duration::from_secs(3));
+        assert_eq!(cfg(5000).measurement_valid_for(), Duration::from_secs(15));
+        assert_eq!(cfg(200).poll_timeout(), Duration::from_secs(5));
+        assert_eq!(cfg(2000).poll_timeout(), Duration::from_secs(10));
+        assert_eq!(cfg(60_000).poll_timeout(), Duration::from_secs(30));
+        // The default stays below the default max_lag (10 s).
+        assert!(ControllerConfig::default().measurement_valid_for() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_hung_poll_publishes_an_error() {
+        let cfg = ControllerConfig::default();
+        // A shorter timeout than the real one (5 s), to keep the test quick.
+        let started = Instant::now();
+        let m = poll_with_timeout(std::future::pending(), Duration::from_millis(50), &cfg).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(m.valid_for, cfg.measurement_valid_for());
+        assert!(m.error.as_deref().unwrap().starts_with("lag query timed out after"), "{:?}", m.error);
+        let mut g = Gate::new(ThrottleSpec::default());
+        assert!(matches!(g.decide(&m), Decision::Wait { reason, .. } if reason.contains("timed out")));
+        // A poll that answers in time passes through.
+        let ok = poll_with_timeout(
+            async { Measurement { error: None, ..Measurement::unknown() } },
+            cfg.poll_timeout(),
+            &cfg,
+        )
+        .await;
+        assert_eq!(ok.error, None);
     }
 }
 
@@ -587,11 +743,30 @@ mod tests {
             slots: vec![],
             oldest_transaction_seconds: None,
             error: None,
+            valid_for: Duration::from_secs(3),
         }
     }
 
     fn spec() -> ThrottleSpec {
         ThrottleSpec { max_lag: Duration::from_secs(10), ..ThrottleSpec::default() }
+    }
+
+    #[test]
+    fn staleness_follows_the_measurement() {
+        let mut g = Gate::new(spec());
+        let mut m = measured(1.0, 0);
+        m.at = Instant::now() - Duration::from_secs(2);
+        m.valid_for = Duration::from_secs(5);
+        assert!(matches!(g.decide(&m), Decision::Go { .. }));
+        m.valid_for = Duration::from_secs(1);
+        let d = g.decide(&m);
+        assert!(
+            matches!(&d, Decision::Wait { signal, reason } if signal == "stale" && reason.contains("1s validity")),
+            "{d:?}"
+        );
+        // Before the first poll nothing may run, and the default validity is below max_lag.
+        assert!(MAX_MEASUREMENT_AGE < spec().max_lag);
+        assert_eq!(Measurement::unknown().valid_for, MAX_MEASUREMENT_AGE);
     }
 
     #[test]
