@@ -187,7 +187,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { paths, db: database, json } => {
             let pool = match database.url()? {
-                Some(url) => Some(db::pool(&url, "pgbackfill check", 2).await.context("connecting to the database")?),
+                Some(url) => {
+                    let pool = db::pool(&url, "pgbackfill check", 2).await.context("connecting to the database")?;
+                    db::check_connection(&pool, &url).await?;
+                    Some(pool)
+                }
                 None => None,
             };
             let report = check::check(&paths, pool.as_ref()).await.context("checking against the database")?;
@@ -266,6 +270,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn connect_progress(database: &Database, app: &str) -> anyhow::Result<(sqlx::PgPool, Progress)> {
     let url = database.require_url()?;
     let pool = db::pool(&url, app, 2).await.with_context(|| format!("connecting to {}", db::redact_url(&url)))?;
+    // The pool connects lazily; a CLI command should say at once what is wrong with the database.
+    db::check_connection(&pool, &url).await?;
     let progress = Progress::new(pool.clone(), &database.schema);
     progress.migrate().await?;
     Ok((pool, progress))
