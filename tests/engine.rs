@@ -734,3 +734,51 @@ async fn statement_timeouts_at_min_size_fail_the_job_with_a_hint() {
     assert!(error.contains("batch.min_size") && error.contains("timeouts.statement"), "{error}");
     assert_eq!(count(&pool, "SELECT count(*) FROM t WHERE n <> 0").await, 0);
 }
+
+/// Credentials never show: a password in the database URL (trust auth ignores it, so the job runs)
+/// appears in no daemon log line, no `status` output (text or JSON), no `check` output and no
+/// `/metrics` sample.
+#[tokio::test]
+async fn the_password_never_appears_in_logs_status_or_metrics() {
+    const SECRET: &str = "Zq7-never-print-me";
+    let (db, pool) = database(
+        "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    let url = db.url.replacen("postgres@", &format!("postgres:{SECRET}@"), 1);
+    assert!(url.contains(SECRET), "{url}");
+    let jobs = JobsDir::new();
+    jobs.write("secret", &spec("secret", "t", 10, ""));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start(&url, jobs.path(), &["--metrics-addr", &addr]);
+    wait_state(&pool, "secret", "completed", DEADLINE, Some(&daemon)).await;
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(metrics.contains("pgbackfill_rows_updated_total"), "{metrics}");
+    daemon.terminate();
+    assert_eq!(exit_of(&mut daemon).code(), Some(0));
+    let outputs = [
+        ("daemon log", daemon.log()),
+        ("metrics", metrics),
+        ("status", run_cli(&url, &["status"])),
+        ("status --json", run_cli(&url, &["status", "--json"])),
+        ("check", {
+            let out = cli(&url, &["check", jobs.path().to_str().unwrap()]);
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        }),
+    ];
+    for (what, text) in outputs {
+        assert!(!text.is_empty(), "{what} is empty");
+        assert!(!text.contains(SECRET), "{what} shows the password:\n{text}");
+    }
+    // The log does name the database, redacted.
+    assert!(daemon.log().contains("postgres://postgres@127.0.0.1"), "{}", daemon.log());
+}
