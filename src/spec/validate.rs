@@ -399,11 +399,8 @@ fn scan_sql(sql: &str) -> Option<Unsafe> {
         match bytes[i] {
             b';' => return Some(Unsafe::Semicolon(i)),
             b'(' => open.push(i),
-            b')' => {
-                if open.pop().is_none() {
-                    return Some(Unsafe::StrayClose(i));
-                }
-            }
+            // The guard pops: a `)` closes the innermost open `(`, or escapes the wrapper's.
+            b')' if open.pop().is_none() => return Some(Unsafe::StrayClose(i)),
             b if ident_start(b) => {
                 // A whole word, so a `$` inside it is not mistaken for a dollar quote or parameter.
                 let word_start = i;
