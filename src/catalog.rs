@@ -151,26 +151,57 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Result<R
     let mut key_index = String::new();
     if !key.is_empty() && key.len() == key_names.len() {
         // A unique, valid, non-partial btree index whose key columns are exactly ours, in order.
-        let idx: Option<String> = sqlx::query_scalar(
-            "SELECT ic.relname::text FROM pg_index i \
+        // It must also sort the way the batch statement does, or it cannot serve `ORDER BY key` and
+        // `(key) > cursor`: ascending with NULLS LAST (`indoption` 0), the column's own collation,
+        // and the type's default btree operator class (`text_pattern_ops` compares bytes, not the
+        // collation's order). Indexes that differ only in those are returned with the reason, so
+        // the finding can say why the index the operator sees does not count.
+        let idx: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT name, problem FROM (SELECT ic.relname::text AS name, i.indisprimary AS is_primary, \
+               (SELECT string_agg(format('%I %s', a.attname, CASE \
+                   WHEN i.indoption[k.ord - 1] & 1 <> 0 THEN 'is sorted DESC' \
+                   WHEN i.indoption[k.ord - 1] <> 0 THEN 'puts NULLS FIRST' \
+                   WHEN i.indcollation[k.ord - 1] <> a.attcollation THEN format('uses collation %s, not the column''s %s', \
+                        (SELECT quote_ident(collname) FROM pg_collation WHERE oid = i.indcollation[k.ord - 1]), \
+                        (SELECT quote_ident(collname) FROM pg_collation WHERE oid = a.attcollation)) \
+                   ELSE format('uses operator class %s, not the default one for its type', oc.opcname) END), '; ' ORDER BY k.ord) \
+                FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                JOIN pg_opclass oc ON oc.oid = i.indclass[k.ord - 1] \
+                WHERE k.ord <= i.indnkeyatts \
+                  AND (i.indoption[k.ord - 1] <> 0 OR i.indcollation[k.ord - 1] <> a.attcollation OR NOT oc.opcdefault)) AS problem \
+             FROM pg_index i \
              JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam \
              WHERE i.indrelid = $1::oid AND i.indisunique AND i.indisvalid AND i.indpred IS NULL \
                AND i.indexprs IS NULL AND am.amname = 'btree' AND i.indnkeyatts = cardinality($2::text[]) \
                AND (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.ord <= i.indnkeyatts) = $2::text[] \
-             ORDER BY i.indisprimary DESC, ic.relname LIMIT 1",
+             ) candidates ORDER BY problem IS NULL DESC, is_primary DESC, name LIMIT 1",
         )
         .bind(oid)
         .bind(&key_names)
         .fetch_optional(&mut *conn)
         .await?;
+        let columns_sql = key_names.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
         match idx {
-            Some(i) => key_index = i,
+            Some((i, None)) => key_index = i,
+            Some((i, Some(problem))) => findings.push(Finding::new(
+                "key",
+                format!(
+                    "unique index {} on ({columns_sql}) of {} cannot serve the keyset walk's `ORDER BY`: {problem}",
+                    quote_ident(&i),
+                    table.quoted()
+                ),
+                format!(
+                    "CREATE UNIQUE INDEX CONCURRENTLY ON {} ({columns_sql}) with no ASC/DESC, NULLS, COLLATE or \
+                     operator class options (or use the primary key)",
+                    table.quoted()
+                ),
+            )),
             None => findings.push(Finding::new(
                 "key",
                 format!(
-                    "no unique btree index on ({}) of {}: a non-unique key makes the keyset walk skip or repeat rows",
-                    key_names.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", "),
+                    "no unique btree index on ({columns_sql}) of {}: a non-unique key makes the keyset walk skip or repeat rows",
                     table.quoted()
                 ),
                 "use the primary key, or CREATE UNIQUE INDEX CONCURRENTLY on exactly these columns in this order",

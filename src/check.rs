@@ -108,21 +108,92 @@ async fn check_statements(
             other => Err(other),
         };
     }
-    // Plan a mid-job batch: cursor and upper bound at the largest key.
+    // Plan a realistic mid-job batch: the upper bound at the largest key, the cursor about one
+    // batch in. (A cursor at the largest key would plan an empty range, which always looks cheap.)
     let max: Option<Vec<String>> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(statements.max_key.as_str())).fetch_optional(&mut *conn).await?;
     let Some(max) = max else {
         out.notes.push("table is empty: plan not checked".into());
         return Ok(Vec::new());
     };
+    let mut first_keys =
+        sqlx::query_scalar::<_, Vec<String>>(sqlx::AssertSqlSafe(statements.ordered_keys.replace("{sample}", "")));
+    for v in &max {
+        first_keys = first_keys.bind(v);
+    }
+    // Capped: reading a few thousand keys is enough to be past the start, and stays cheap.
+    let first_keys = first_keys.bind(spec.batch.size.clamp(1, 10_000)).fetch_all(&mut *conn).await?;
+    let cursor = first_keys.last().unwrap_or(&max);
     let mut q = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (FORMAT JSON) {}",
         statements.next_batch
     )));
-    for v in max.iter().chain(max.iter()) {
+    for v in cursor.iter().chain(max.iter()) {
         q = q.bind(v);
     }
     let plan = q.bind(spec.batch.size).fetch_one(&mut *conn).await?;
+    // On a partitioned table the plan names each partition's index, not the parent's.
+    let key_indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_partition_tree(to_regclass($1)) p JOIN pg_class c ON c.oid = p.relid",
+    )
+    .bind(format!(
+        "{}.{}",
+        crate::ident::quote_ident(resolved.target.table.schema.as_deref().unwrap_or("public")),
+        crate::ident::quote_ident(&resolved.key_index)
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    let is_key_index = |name: &str| name == resolved.key_index || key_indexes.iter().any(|k| k == name);
+
+    // The UPDATE itself must walk the key range. Its WHERE also holds the `where` predicate, and
+    // when that is selective the planner may prefer an index on a `where` column: every batch
+    // would then visit all matching rows of the whole table, not just its own key range.
+    match update_scan(&plan, &is_key_index) {
+        UpdateScan::KeyRange => {}
+        UpdateScan::Missing => {
+            return Ok(vec![catalog::Finding {
+                field: "key".into(),
+                message: "the batch plan has no UPDATE scan that check recognises".into(),
+                hint: "run EXPLAIN on the batch statement and report the plan shape".into(),
+            }]);
+        }
+        UpdateScan::FullScan(ty) => return Ok(vec![full_scan(&resolved.key_index, &format!("{ty} under the UPDATE"))]),
+        UpdateScan::OtherIndex(other) => {
+            let columns: Vec<String> = sqlx::query_scalar(
+                "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
+                 ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
+                 WHERE i.indexrelid = to_regclass($1)",
+            )
+            .bind(format!(
+                "{}.{}",
+                crate::ident::quote_ident(resolved.target.table.schema.as_deref().unwrap_or("public")),
+                crate::ident::quote_ident(&other)
+            ))
+            .fetch_all(&mut *conn)
+            .await?;
+            let predicate = spec.where_.as_deref().unwrap_or("").to_lowercase();
+            let on_where = columns.iter().any(|c| predicate.contains(&c.to_lowercase()));
+            return Ok(vec![catalog::Finding {
+                field: if on_where { "where" } else { "key" }.into(),
+                message: format!(
+                    "the batch's UPDATE walks index {other} instead of the key index {}: each batch would visit \
+                     every row that index matches in the whole table, not only its own key range",
+                    resolved.key_index
+                ),
+                hint: if on_where {
+                    "ANALYZE the table; if it persists, `where` is selective enough that PostgreSQL prefers the \
+                     index on its column to the key range: drop `where` and test the condition in `set` instead \
+                     (`col: CASE WHEN … THEN new ELSE col END`)"
+                        .into()
+                } else {
+                    "ANALYZE the table; make sure `where` and `set` do not steer the UPDATE away from the key index"
+                        .into()
+                },
+            }]);
+        }
+    }
+
+    // The slice (keyset over the key index) must not scan the table either.
     let table_name = &resolved.target.table.name;
     let mut seq = false;
     let mut uses_index = false;
@@ -133,22 +204,100 @@ async fn check_statements(
         if ty == "Seq Scan" && rel == table_name {
             seq = true;
         }
-        if idx == resolved.key_index {
+        if is_key_index(idx) {
             uses_index = true;
         }
     });
     if seq || !uses_index {
-        return Ok(vec![catalog::Finding {
-            field: "key".into(),
-            message: format!(
-                "the batch plan {} instead of walking index {}",
-                if seq { "scans the whole table" } else { "does not use the key index" },
-                resolved.key_index
-            ),
-            hint: "ANALYZE the table; make sure `where` and `set` do not force a sequential scan".into(),
+        return Ok(vec![if seq {
+            full_scan(&resolved.key_index, "Seq Scan in the slice")
+        } else {
+            catalog::Finding {
+                field: "key".into(),
+                message: format!("the batch plan does not use the key index {}", resolved.key_index),
+                hint: "ANALYZE the table; make sure `where` and `set` do not force a sequential scan".into(),
+            }
         }]);
     }
     Ok(Vec::new())
+}
+
+fn full_scan(key_index: &str, node_type: &str) -> catalog::Finding {
+    catalog::Finding {
+        field: "key".into(),
+        message: format!("the batch plan scans the whole table instead of walking index {key_index} ({node_type})"),
+        hint: "ANALYZE the table; make sure `where` and `set` do not force a sequential scan".into(),
+    }
+}
+
+/// How the batch's UPDATE finds its rows: the scan directly under the `ModifyTable` node.
+#[derive(Debug, PartialEq, Eq)]
+enum UpdateScan {
+    /// An index scan, index-only scan or bitmap heap scan over the key index only.
+    KeyRange,
+    /// Another index (named).
+    OtherIndex(String),
+    /// Anything else under the UPDATE: a sequential scan and the like (node type).
+    FullScan(String),
+    /// No `ModifyTable` node with a scan under it.
+    Missing,
+}
+
+fn update_scan(plan: &serde_json::Value, is_key_index: &dyn Fn(&str) -> bool) -> UpdateScan {
+    let mut modify = None;
+    walk_plan(plan, &mut |node| {
+        if modify.is_none() && node.get("Node Type").and_then(|v| v.as_str()) == Some("ModifyTable") {
+            modify = Some(node.clone());
+        }
+    });
+    let Some(modify) = modify else { return UpdateScan::Missing };
+    // The rows to update come from the outer child; InitPlans (`SELECT … FROM last`) sit beside it.
+    let Some(scan) = children(&modify).find(|c| c.get("Parent Relationship").and_then(|v| v.as_str()) == Some("Outer"))
+    else {
+        return UpdateScan::Missing;
+    };
+    scan_kind(scan, is_key_index)
+}
+
+fn scan_kind(node: &serde_json::Map<String, serde_json::Value>, is_key_index: &dyn Fn(&str) -> bool) -> UpdateScan {
+    let ty = node.get("Node Type").and_then(|v| v.as_str()).unwrap_or("");
+    let index = |n: &serde_json::Map<String, serde_json::Value>| {
+        n.get("Index Name").and_then(|v| v.as_str()).unwrap_or("").to_string()
+    };
+    match ty {
+        "Index Scan" | "Index Only Scan" => {
+            let name = index(node);
+            if is_key_index(&name) { UpdateScan::KeyRange } else { UpdateScan::OtherIndex(name) }
+        }
+        "Bitmap Heap Scan" => {
+            // Every Bitmap Index Scan feeding it (through BitmapAnd/Or too) must be on the key index.
+            let mut other = None;
+            walk_plan(&serde_json::Value::Object(node.clone()), &mut |n| {
+                let name = index(n);
+                if n.get("Node Type").and_then(|v| v.as_str()) == Some("Bitmap Index Scan")
+                    && !is_key_index(&name)
+                    && other.is_none()
+                {
+                    other = Some(name);
+                }
+            });
+            other.map_or(UpdateScan::KeyRange, UpdateScan::OtherIndex)
+        }
+        // A partitioned table: every partition's scan must walk the key range. A Result node
+        // (e.g. for a one-time filter) is looked through.
+        "Append" | "MergeAppend" | "Result" if children(node).next().is_some() => children(node)
+            .filter(|c| c.get("Parent Relationship").and_then(|v| v.as_str()) != Some("InitPlan"))
+            .map(|c| scan_kind(c, is_key_index))
+            .find(|k| *k != UpdateScan::KeyRange)
+            .unwrap_or(UpdateScan::KeyRange),
+        other => UpdateScan::FullScan(other.to_string()),
+    }
+}
+
+fn children(
+    node: &serde_json::Map<String, serde_json::Value>,
+) -> impl Iterator<Item = &serde_json::Map<String, serde_json::Value>> {
+    node.get("Plans").and_then(|p| p.as_array()).into_iter().flatten().filter_map(|c| c.as_object())
 }
 
 fn walk_plan(v: &serde_json::Value, f: &mut dyn FnMut(&serde_json::Map<String, serde_json::Value>)) {
@@ -206,7 +355,8 @@ fn blame(e: &sqlx::Error, spec: &JobSpec, statement: &str) -> (String, String) {
 }
 
 /// The spec field whose text covers 1-based character `position` of the batch statement, which
-/// embeds each `set` entry as `"col" = (expr)` and `where` as `AND (predicate)` in its UPDATE.
+/// embeds each `set` entry as `"col" = (expr)` and `where` as `AND (predicate)` (or
+/// `AND CASE WHEN (predicate) THEN true ELSE false END`) in its UPDATE.
 /// The parentheses count as the field's: a truncated expression fails at its closing one.
 fn field_at(statement: &str, position: usize, spec: &JobSpec) -> Option<String> {
     let at = statement.char_indices().nth(position.checked_sub(1)?)?.0;
@@ -223,8 +373,10 @@ fn field_at(statement: &str, position: usize, spec: &JobSpec) -> Option<String> 
             return Some(format!("set.{written}"));
         }
     }
+    // `AND (predicate)`, or `AND CASE WHEN (predicate) THEN …` where the batch hides it from the planner.
     let w = spec.where_.as_deref()?;
-    (covers(&format!("AND ({w})"), w) == Some(true)).then(|| "where".to_string())
+    let in_where = [format!("AND ({w})"), format!("WHEN ({w})")].iter().any(|needle| covers(needle, w) == Some(true));
+    in_where.then(|| "where".to_string())
 }
 
 /// PostgreSQL names the offending identifier in quotes (`column "x" does not exist`).

@@ -337,6 +337,49 @@ async fn set_of_the_default_primary_key_is_refused_by_the_database_check() {
     assert_eq!(p["line"].as_u64(), Some(4), "{p}");
 }
 
+/// A text-keyed table without a primary key; `index` is the unique index to put on `code`.
+fn events_with(index: &str) -> String {
+    format!(
+        "CREATE TABLE public.events (code text NOT NULL, note text); {index}; \
+         INSERT INTO public.events SELECT 'e' || g, NULL FROM generate_series(1, 2000) g; ANALYZE public.events;"
+    )
+}
+
+const EVENTS: &str = "name: notes\ntable: public.events\nkey: [code]\nset:\n  note: \"'x'\"\n";
+
+#[tokio::test]
+async fn key_index_sorted_descending_is_refused() {
+    // `ORDER BY code` could still walk it backwards, but NULLS FIRST/LAST and row comparisons are
+    // where such an index silently stops serving the batch: only the plain ascending one counts.
+    let setup = events_with("CREATE UNIQUE INDEX events_code_desc ON public.events (code DESC)");
+    let p = rejects(&setup, EVENTS, "key", "unique index \"events_code_desc\" on (\"code\")").await;
+    assert!(p["message"].as_str().unwrap().contains("code is sorted DESC"), "{p}");
+    assert!(p["hint"].as_str().unwrap().contains("CREATE UNIQUE INDEX CONCURRENTLY"), "{p}");
+}
+
+#[tokio::test]
+async fn key_index_with_another_operator_class_or_collation_is_refused() {
+    let setup = events_with("CREATE UNIQUE INDEX events_code_pattern ON public.events (code text_pattern_ops)");
+    let p = rejects(&setup, EVENTS, "key", "unique index \"events_code_pattern\"").await;
+    assert!(p["message"].as_str().unwrap().contains("uses operator class text_pattern_ops"), "{p}");
+    let setup = events_with("CREATE UNIQUE INDEX events_code_c ON public.events (code COLLATE \"C\")");
+    let p = rejects(&setup, EVENTS, "key", "unique index \"events_code_c\"").await;
+    assert!(p["message"].as_str().unwrap().contains("uses collation \"C\""), "{p}");
+}
+
+#[tokio::test]
+async fn a_plain_index_is_preferred_to_one_that_sorts_differently() {
+    let setup = events_with(
+        "CREATE UNIQUE INDEX events_a_desc ON public.events (code DESC); \
+         CREATE UNIQUE INDEX events_b_plain ON public.events (code)",
+    );
+    let (db, pool) = seeded(&setup).await;
+    let jobs = JobsDir::new();
+    let file = jobs.write("job", EVENTS);
+    let out = check_db(&pool, &db.url, &[&file], false).await;
+    assert!(out.success && out.stdout.contains("via index events_b_plain"), "{out}");
+}
+
 #[tokio::test]
 async fn table_without_primary_key_needs_an_explicit_key() {
     let setup = "CREATE TABLE public.events (code text NOT NULL, note text); \
@@ -377,7 +420,8 @@ async fn sql_errors_in_where_blame_where() {
         ("fulfillment_channel IS NUL", "syntax error"),
         ("no_such_column IS NULL", "column \"no_such_column\" does not exist"),
         ("status = 1", "operator does not exist: text = integer"),
-        ("total_cents", "argument of AND must be type boolean, not type bigint"),
+        // "argument of AND …", or "of CASE/WHEN …" when the batch wraps `where` in a CASE.
+        ("total_cents", "must be type boolean, not type bigint"),
         ("no_such_function(status)", "function no_such_function(text) does not exist"),
     ];
     let (db, pool) = seeded("").await;
@@ -483,6 +527,71 @@ async fn a_plan_that_scans_the_table_is_refused() {
     let p = assert_rejected(&pool, &db.url, &file, "key", "scans the whole table instead of walking index orders_pkey")
         .await;
     assert!(p["hint"].as_str().unwrap().contains("ANALYZE"), "{p}");
+}
+
+/// The index the UPDATE under the plan's `ModifyTable` walks (`None`: no index, e.g. a Seq Scan).
+/// Written here independently of `check`, to hold its verdict against.
+fn update_index(plan: &Value) -> Option<String> {
+    fn find<'a>(v: &'a Value, ty: &str) -> Option<&'a Value> {
+        if v["Node Type"] == ty {
+            return Some(v);
+        }
+        match v {
+            Value::Array(a) => a.iter().find_map(|x| find(x, ty)),
+            Value::Object(o) => o.values().find_map(|x| find(x, ty)),
+            _ => None,
+        }
+    }
+    let modify = find(plan, "ModifyTable").expect("a ModifyTable node");
+    let scan = modify["Plans"].as_array()?.iter().find(|c| c["Parent Relationship"] == "Outer")?;
+    match scan["Node Type"].as_str()? {
+        "Index Scan" | "Index Only Scan" => scan["Index Name"].as_str().map(String::from),
+        "Bitmap Heap Scan" => find(scan, "Bitmap Index Scan")?["Index Name"].as_str().map(String::from),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn an_update_that_walks_a_where_index_is_refused() {
+    // 200k orders, 0.1% of them legacy, and an index on status: planned naively, the UPDATE finds
+    // its rows through `orders_status` (all legacy rows of the table, every batch) instead of the
+    // batch's key range. Whatever the batch SQL looks like, check must agree with the plan.
+    let setup = "INSERT INTO public.orders (id, customer_id, status, total_cents) \
+                 SELECT g, 1, CASE WHEN g % 1000 = 0 THEN 'legacy' ELSE 'paid' END, 1 \
+                 FROM generate_series(5001, 200000) g; \
+                 CREATE INDEX orders_status ON public.orders (status); ANALYZE public.orders;";
+    let (db, pool) = seeded(setup).await;
+    let yaml = orders_with("where:", "where: status = 'legacy'") + "batch:\n  size: 1000\n";
+    let jobs = JobsDir::new();
+    let file = jobs.write("job", &yaml);
+
+    // The statement check plans, with the binds it uses: cursor one batch in, upper bound at the max.
+    let spec = pgbackfill::spec::parse_str(&file, &yaml).expect("valid spec");
+    let mut conn = pool.acquire().await.unwrap();
+    let resolved = pgbackfill::catalog::resolve(&mut conn, &spec).await.unwrap().expect("resolves");
+    let sql = resolved.target.statements().next_batch;
+    let plan: Value = sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {sql}")))
+        .bind("1000")
+        .bind("200000")
+        .bind(1000_i64)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    match update_index(&plan).as_deref() {
+        Some("orders_pkey") => {
+            let out = check_db(&pool, &db.url, &[&file], false).await;
+            assert!(out.success, "the UPDATE walks the key index, check must pass; {out}\n{plan:#}");
+        }
+        Some(other) => {
+            let p = assert_rejected(&pool, &db.url, &file, "where", &format!("walks index {other} instead")).await;
+            assert!(p["hint"].as_str().unwrap().contains("ANALYZE"), "{p}");
+        }
+        None => {
+            assert_rejected(&pool, &db.url, &file, "key", "scans the whole table").await;
+        }
+    }
 }
 
 #[tokio::test]

@@ -245,6 +245,58 @@ fn expressions_must_be_one_expression() {
     assert!(p.iter().all(|p| p.field != "set.a" && p.field != "set.c"), "{p:?}");
 }
 
+/// `set` and `where` are spliced into the batch statement as `"col" = (expr)` and `AND (predicate)`:
+/// text that closes those parentheses would rewrite the statement around it.
+#[test]
+fn sql_cannot_break_out_of_its_parentheses() {
+    // `AND (status = 'legacy') OR (id < 100)`: the filter no longer limits the batch.
+    let p = problems(&with("where: \"status = 'legacy') OR (id < 100\"\n"));
+    let w = expect(&p, "where", "has a `)` at character 18 that closes a parenthesis it did not open");
+    assert!(w.hint.contains("balance the parentheses"), "{w}");
+    assert_eq!(w.line, Some(5), "{w}");
+    // `"channel" = ('web'), id = (id + 1000000)`: a second assignment, to the key.
+    let p = problems(&MINIMAL.replace("flag: 'true'", "channel: \"'web'), id = (id + 1000000\""));
+    expect(&p, "set.channel", "has a `)` at character 6 that closes a parenthesis it did not open");
+    // The other way round: an open `(` swallows the wrapper's `)`.
+    let p = problems(&with("where: \"lower(email = 'a'\"\n"));
+    expect(&p, "where", "has a `(` at character 6 that is never closed");
+    let p = problems(&MINIMAL.replace("flag: 'true'", "flag: \"(true\""));
+    expect(&p, "set.flag", "has a `(` at character 1 that is never closed");
+}
+
+#[test]
+fn positional_parameters_are_refused() {
+    // `$1` would bind to the batch's own cursor parameter.
+    let p = problems(&with("where: \"id > $1\"\n"));
+    let w = expect(&p, "where", "contains the positional parameter `$1` at character 6");
+    assert!(w.hint.contains("cursor parameters"), "{w}");
+    let p = problems(&MINIMAL.replace("flag: 'true'", "flag: \"$2::text || 'x'\""));
+    expect(&p, "set.flag", "positional parameter `$2`");
+}
+
+#[test]
+fn unterminated_quotes_are_refused() {
+    // An open quote would pair with a quote in another field and turn the text between into SQL.
+    let p = problems(&MINIMAL.replace("flag: 'true'", "a: \"'\"\n  b: \"') OR (true) OR ('\""));
+    expect(&p, "set.a", "has a string literal starting at character 1 that never ends");
+    assert!(p.iter().all(|p| p.field != "set.b"), "{p:?}");
+}
+
+#[test]
+fn parentheses_and_dollars_in_quotes_and_comments_are_fine() {
+    let text = MINIMAL.replace(
+        "flag: 'true'",
+        "a: \"'a)b' || \\\"col)\\\" || $$)$$ || $q$($1$q$\"\n  \
+         b: \"lower(email) -- )\\n\"\n  \
+         c: \"coalesce(nullif(trim(x), ''), (y))\"\n  \
+         d: \"E'it\\\\'s )' /* ( */\"",
+    ) + "where: \"(status = 'a)' OR status IS NULL) AND \\\"weird)\\\" IS NOT NULL\"\n";
+    let spec = parse_str(Path::new(FILE), &text).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(spec.set["a"], "'a)b' || \"col)\" || $$)$$ || $q$($1$q$");
+    assert_eq!(spec.set["b"], "lower(email) -- )\n");
+    assert_eq!(spec.set["d"], r"E'it\'s )' /* ( */");
+}
+
 #[test]
 fn set_values_must_be_text() {
     let p = problems(&MINIMAL.replace("flag: 'true'", "flag: true\n  n: '1'"));

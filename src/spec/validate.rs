@@ -225,18 +225,44 @@ impl Validator<'_> {
         }
     }
 
-    /// The offline part of checking SQL text: not empty and one expression, not statements.
-    /// Whether it is valid SQL is the database's to say, later.
+    /// The offline part of checking SQL text: not empty, and one expression that stays inside the
+    /// parentheses the batch statement wraps it in. Whether it is valid SQL is the database's to say, later.
     fn sql(&mut self, field: &str, text: &str, hint: &str) {
         if text.trim().is_empty() {
             self.push(field, "is empty", hint);
-        } else if let Some(at) = semicolon_outside_quotes(text) {
-            self.push(
-                field,
-                format!("contains `;` at character {} outside a quoted string", at + 1),
-                "write a single SQL expression without `;`; a `;` inside a string literal like `'a;b'` is fine",
-            );
+            return;
         }
+        let Some(found) = scan_sql(text) else { return };
+        // 1-based character (not byte) positions, as an editor shows them.
+        let at = |byte: usize| text[..byte].chars().count() + 1;
+        let (message, fix) = match found {
+            Unsafe::Semicolon(i) => (
+                format!("contains `;` at character {} outside a quoted string", at(i)),
+                "write a single SQL expression without `;`; a `;` inside a string literal like `'a;b'` is fine"
+                    .to_string(),
+            ),
+            Unsafe::StrayClose(i) => (
+                format!("has a `)` at character {} that closes a parenthesis it did not open", at(i)),
+                "balance the parentheses: the expression is spliced into the batch statement inside `( … )` \
+                 and must not close it; a `)` in a string literal like `'a)b'` or a quoted name is fine"
+                    .to_string(),
+            ),
+            Unsafe::Unclosed(i) => (
+                format!("has a `(` at character {} that is never closed", at(i)),
+                "balance the parentheses: close every `(` the expression opens".to_string(),
+            ),
+            Unsafe::Parameter(i, digits) => (
+                format!("contains the positional parameter `{}` at character {}", &text[i..=i + digits], at(i)),
+                "write the value as a literal; `$1`, `$2`… would bind to pgbackfill's own cursor parameters \
+                 (dollar-quoted strings such as `$$text$$` or `$q$text$q$` are fine)"
+                    .to_string(),
+            ),
+            Unsafe::Unterminated(i, what) => (
+                format!("has a {what} starting at character {} that never ends", at(i)),
+                format!("close the {what}; to write a quote inside a string literal, double it: `'it''s'`"),
+            ),
+        };
+        self.push(field, message, fix);
     }
 
     fn batch(&mut self, spec: &JobSpec) {
@@ -339,59 +365,124 @@ impl Validator<'_> {
     }
 }
 
-/// Byte offset of the first `;` that is not inside a string literal, quoted identifier, dollar-quoted
-/// string or comment. A small lexer, not a parser: enough to tell `lower(x); DROP TABLE t` from `'a;b'`.
-fn semicolon_outside_quotes(sql: &str) -> Option<usize> {
+/// What makes SQL text unsafe to splice into the batch statement, which wraps each `set`
+/// expression as `"col" = (expr)` and `where` as `AND (predicate)`. Offsets are in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsafe {
+    /// A second statement.
+    Semicolon(usize),
+    /// A `)` that closes the wrapper's `(`: the rest of the text escapes it
+    /// (`status = 'x') OR (true` turns the filter into `OR true`).
+    StrayClose(usize),
+    /// A `(` never closed: the wrapper's `)` would close it and the text runs into what follows.
+    Unclosed(usize),
+    /// `$1`, `$2`…: would bind to pgbackfill's own cursor and limit parameters.
+    Parameter(usize, usize),
+    /// A string, quoted identifier, dollar quote or block comment with no end: it would swallow
+    /// the statement's text after it, up to a quote in another field.
+    Unterminated(usize, &'static str),
+}
+
+/// A small lexer, not a parser: outside string literals (`'…'`, `E'…'`), quoted identifiers,
+/// dollar-quoted strings and comments, it finds `;`, unbalanced parentheses and positional
+/// parameters. It follows PostgreSQL's lexer where the two could disagree about what is quoted:
+/// `$` inside an identifier (`a$b$`) does not start a dollar quote, block comments nest, and the
+/// `E` of an escape string must stand alone. (It assumes `standard_conforming_strings = on`, the
+/// default since PostgreSQL 9.1.)
+fn scan_sql(sql: &str) -> Option<Unsafe> {
     let bytes = sql.as_bytes();
+    let ident_start = |b: u8| b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+    let ident_char = |b: u8| ident_start(b) || b.is_ascii_digit() || b == b'$';
+    let mut open: Vec<usize> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b';' => return Some(i),
-            b'\'' => {
-                // E'...' strings allow backslash escapes; '' is a quote in every string.
-                let escapes = i > 0 && matches!(bytes[i - 1], b'E' | b'e');
-                i += 1;
-                while i < bytes.len() {
-                    match bytes[i] {
-                        b'\\' if escapes => i += 1,
-                        b'\'' if bytes.get(i + 1) == Some(&b'\'') => i += 1,
-                        b'\'' => break,
-                        _ => {}
+            b';' => return Some(Unsafe::Semicolon(i)),
+            b'(' => open.push(i),
+            // The guard pops: a `)` closes the innermost open `(`, or escapes the wrapper's.
+            b')' if open.pop().is_none() => return Some(Unsafe::StrayClose(i)),
+            b if ident_start(b) => {
+                // A whole word, so a `$` inside it is not mistaken for a dollar quote or parameter.
+                let word_start = i;
+                while bytes.get(i + 1).is_some_and(|b| ident_char(*b)) {
+                    i += 1;
+                }
+                // `E'…'` (not `xe'…'`) is an escape string: backslash escapes its quote.
+                if i == word_start && matches!(b, b'E' | b'e') && bytes.get(i + 1) == Some(&b'\'') {
+                    match string_end(bytes, i + 1, true) {
+                        Some(end) => i = end,
+                        None => return Some(Unsafe::Unterminated(i, "string literal")),
                     }
-                    i += 1;
                 }
             }
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += 1;
-                }
-            }
+            b'\'' => match string_end(bytes, i, false) {
+                Some(end) => i = end,
+                None => return Some(Unsafe::Unterminated(i, "string literal")),
+            },
+            b'"' => match bytes[i + 1..].iter().position(|b| *b == b'"') {
+                // `""` inside a name closes and reopens: the same thing for this purpose.
+                Some(len) => i += len + 1,
+                None => return Some(Unsafe::Unterminated(i, "quoted identifier")),
+            },
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i < bytes.len() && !(bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/')) {
-                    i += 1;
+                let start = i;
+                let mut depth = 0usize;
+                loop {
+                    match (bytes.get(i), bytes.get(i + 1)) {
+                        (Some(b'/'), Some(b'*')) => {
+                            depth += 1;
+                            i += 2;
+                        }
+                        (Some(b'*'), Some(b'/')) => {
+                            depth -= 1;
+                            i += 1;
+                            if depth == 0 {
+                                break;
+                            }
+                            i += 1;
+                        }
+                        (Some(_), _) => i += 1,
+                        (None, _) => return Some(Unsafe::Unterminated(start, "block comment")),
+                    }
                 }
-                i += 1;
             }
             b'$' => {
-                // `$tag$ ... $tag$`; `$1` is a parameter, not a quote.
-                let tag_len = bytes[i + 1..].iter().take_while(|b| b.is_ascii_alphanumeric() || **b == b'_').count();
-                let starts_ok = bytes.get(i + 1).is_none_or(|b| !b.is_ascii_digit());
-                if starts_ok && bytes.get(i + 1 + tag_len) == Some(&b'$') {
+                let digits = bytes[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+                if digits > 0 {
+                    return Some(Unsafe::Parameter(i, digits));
+                }
+                // `$tag$ … $tag$` or `$$ … $$`.
+                let tag_len = bytes[i + 1..].iter().take_while(|b| ident_start(**b) || b.is_ascii_digit()).count();
+                if bytes.get(i + 1 + tag_len) == Some(&b'$') {
                     let tag = &sql[i..i + tag_len + 2];
                     let body = i + tag.len();
                     match sql[body..].find(tag) {
                         Some(end) => i = body + end + tag.len() - 1,
-                        None => return None,
+                        None => return Some(Unsafe::Unterminated(i, "dollar-quoted string")),
                     }
                 }
             }
+            _ => {}
+        }
+        i += 1;
+    }
+    open.first().map(|at| Unsafe::Unclosed(*at))
+}
+
+/// Offset of the quote closing the string literal opened at `start`; `None` when it never closes.
+/// `''` is a quote in every string; with `escapes` (an `E'…'` string) so is `\'`.
+fn string_end(bytes: &[u8], start: usize, escapes: bool) -> Option<usize> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if escapes => i += 1,
+            b'\'' if bytes.get(i + 1) == Some(&b'\'') => i += 1,
+            b'\'' => return Some(i),
             _ => {}
         }
         i += 1;
@@ -404,22 +495,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn semicolons_inside_quotes_are_fine() {
-        assert_eq!(semicolon_outside_quotes("'a;b'"), None);
-        assert_eq!(semicolon_outside_quotes("'it''s;' || x"), None);
-        assert_eq!(semicolon_outside_quotes(r"E'\';' || x"), None);
-        assert_eq!(semicolon_outside_quotes("\"odd;col\" + 1"), None);
-        assert_eq!(semicolon_outside_quotes("$$a;b$$ || $t$;$t$"), None);
-        assert_eq!(semicolon_outside_quotes("x -- trailing; comment"), None);
-        assert_eq!(semicolon_outside_quotes("x /* ; */ + 1"), None);
-        assert_eq!(semicolon_outside_quotes("$1 + 1"), None);
+    fn quoted_text_and_comments_are_skipped() {
+        for ok in [
+            "'a;b'",
+            "'it''s;' || x",
+            r"E'\';' || x",
+            "\"odd;col\" + 1",
+            "$$a;b$$ || $t$;$t$",
+            "x -- trailing; comment )",
+            "x /* ; ) */ + 1",
+            "x /* nested /* ) */ still comment ( */ + 1",
+            "'a)b' || \"col)\" || $$)$$ || $q$($q$",
+            "lower(email)",
+            "coalesce(nullif(trim(a), ''), (b))",
+            "a$b$ + 1",
+            "col$1 + 1",
+        ] {
+            assert_eq!(scan_sql(ok), None, "{ok}");
+        }
     }
 
     #[test]
-    fn semicolons_outside_quotes_are_found() {
-        assert_eq!(semicolon_outside_quotes("lower(email); DROP TABLE users"), Some(12));
-        assert_eq!(semicolon_outside_quotes("'a' ; 'b'"), Some(4));
-        assert_eq!(semicolon_outside_quotes("$1;"), Some(2));
+    fn unsafe_text_is_found() {
+        assert_eq!(scan_sql("lower(email); DROP TABLE users"), Some(Unsafe::Semicolon(12)));
+        assert_eq!(scan_sql("'a' ; 'b'"), Some(Unsafe::Semicolon(4)));
+        assert_eq!(scan_sql("status = 'legacy') OR (id < 100"), Some(Unsafe::StrayClose(17)));
+        assert_eq!(scan_sql("lower(email"), Some(Unsafe::Unclosed(5)));
+        assert_eq!(scan_sql("x = $1"), Some(Unsafe::Parameter(4, 1)));
+        assert_eq!(scan_sql("x = $12 || $$a$$"), Some(Unsafe::Parameter(4, 2)));
+        assert_eq!(scan_sql("'abc"), Some(Unsafe::Unterminated(0, "string literal")));
+        assert_eq!(scan_sql(r"E'\'"), Some(Unsafe::Unterminated(0, "string literal")));
+        assert_eq!(scan_sql("\"abc"), Some(Unsafe::Unterminated(0, "quoted identifier")));
+        assert_eq!(scan_sql("$q$abc$$"), Some(Unsafe::Unterminated(0, "dollar-quoted string")));
+        assert_eq!(scan_sql("/* /* */ ) OR (true"), Some(Unsafe::Unterminated(0, "block comment")));
+        // `$` inside an identifier is not a dollar quote: PostgreSQL sees the `)` here.
+        assert_eq!(scan_sql("c$a$) OR (true) OR (c$a$"), Some(Unsafe::StrayClose(4)));
     }
 
     #[test]
