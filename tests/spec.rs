@@ -283,17 +283,24 @@ fn unterminated_quotes_are_refused() {
 }
 
 #[test]
+fn line_comments_are_refused_with_a_hint() {
+    let p = problems(&MINIMAL.replace("flag: 'true'", "a: \"lower(email) -- keep it lower\""));
+    expect(&p, "set.a", "has a `--` comment at character 14");
+    assert!(p.iter().any(|p| p.hint.contains("/* … */")), "{p:?}");
+}
+
+#[test]
 fn parentheses_and_dollars_in_quotes_and_comments_are_fine() {
     let text = MINIMAL.replace(
         "flag: 'true'",
         "a: \"'a)b' || \\\"col)\\\" || $$)$$ || $q$($1$q$\"\n  \
-         b: \"lower(email) -- )\\n\"\n  \
+         b: \"lower(email) /* ) */\"\n  \
          c: \"coalesce(nullif(trim(x), ''), (y))\"\n  \
          d: \"E'it\\\\'s )' /* ( */\"",
     ) + "where: \"(status = 'a)' OR status IS NULL) AND \\\"weird)\\\" IS NOT NULL\"\n";
     let spec = parse_str(Path::new(FILE), &text).unwrap_or_else(|p| panic!("{p:?}"));
     assert_eq!(spec.set["a"], "'a)b' || \"col)\" || $$)$$ || $q$($1$q$");
-    assert_eq!(spec.set["b"], "lower(email) -- )\n");
+    assert_eq!(spec.set["b"], "lower(email) /* ) */");
     assert_eq!(spec.set["d"], r"E'it\'s )' /* ( */");
 }
 

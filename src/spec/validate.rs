@@ -257,6 +257,12 @@ impl Validator<'_> {
                  (dollar-quoted strings such as `$$text$$` or `$q$text$q$` are fine)"
                     .to_string(),
             ),
+            Unsafe::LineComment(i) => (
+                format!("has a `--` comment at character {}", at(i)),
+                "use a `/* … */` comment: a `--` comment would run over the `)` the batch statement puts after \
+                 the expression"
+                    .to_string(),
+            ),
             Unsafe::Unterminated(i, what) => (
                 format!("has a {what} starting at character {} that never ends", at(i)),
                 format!("close the {what}; to write a quote inside a string literal, double it: `'it''s'`"),
@@ -378,6 +384,8 @@ enum Unsafe {
     Unclosed(usize),
     /// `$1`, `$2`…: would bind to pgbackfill's own cursor and limit parameters.
     Parameter(usize, usize),
+    /// `--`: it would comment out the wrapper's closing `)` (and, in `set`, the entries after it).
+    LineComment(usize),
     /// A string, quoted identifier, dollar quote or block comment with no end: it would swallow
     /// the statement's text after it, up to a quote in another field.
     Unterminated(usize, &'static str),
@@ -424,11 +432,8 @@ fn scan_sql(sql: &str) -> Option<Unsafe> {
                 Some(len) => i += len + 1,
                 None => return Some(Unsafe::Unterminated(i, "quoted identifier")),
             },
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
+            // A `--` comment runs to the end of the line, and the wrapper's `)` follows on that line.
+            b'-' if bytes.get(i + 1) == Some(&b'-') => return Some(Unsafe::LineComment(i)),
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
                 let start = i;
                 let mut depth = 0usize;
@@ -495,6 +500,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn line_comments_are_refused() {
+        // `--` would comment out the wrapper's `)` that follows on the same line.
+        assert_eq!(scan_sql("x -- trailing; comment )"), Some(Unsafe::LineComment(2)));
+        assert_eq!(scan_sql("'--' || x"), None);
+    }
+
+    #[test]
     fn quoted_text_and_comments_are_skipped() {
         for ok in [
             "'a;b'",
@@ -502,7 +514,6 @@ mod tests {
             r"E'\';' || x",
             "\"odd;col\" + 1",
             "$$a;b$$ || $t$;$t$",
-            "x -- trailing; comment )",
             "x /* ; ) */ + 1",
             "x /* nested /* ) */ still comment ( */ + 1",
             "'a)b' || \"col)\" || $$)$$ || $q$($q$",
