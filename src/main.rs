@@ -134,6 +134,10 @@ struct RunArgs {
     /// A standby whose last reply is older than this has unknown lag (fail closed).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     max_reply_age: Duration,
+    /// A standby that disconnects holds every job (its lag is unknown) until it reconnects, or for
+    /// this long; `0s` forgets it at once.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    forget_standby_after: Duration,
     /// How long a claimed key range stays ours without renewal; another daemon takes over after it.
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
     lease: Duration,
@@ -326,7 +330,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let measurements = throttle::spawn_controller(
         pool.clone(),
-        ControllerConfig { poll_interval: args.lag_poll_interval, max_reply_age: args.max_reply_age },
+        ControllerConfig {
+            poll_interval: args.lag_poll_interval,
+            max_reply_age: args.max_reply_age,
+            forget_standby_after: args.forget_standby_after,
+        },
         cancel.clone(),
     );
     let cfg = supervisor::Config {

@@ -292,11 +292,19 @@ pub struct ControllerConfig {
     /// A standby whose last reply is older than this has unknown lag (its `replay_lag` freezes when
     /// it stops replying). Standbys reply at least every `wal_receiver_status_interval` (10 s by default).
     pub max_reply_age: Duration,
+    /// A standby that disconnects drops out of `pg_stat_replication`; until it comes back, or
+    /// for this long, its lag counts as unknown (fail closed) instead of the standby being ignored.
+    /// Zero disables (a standby that leaves is forgotten at once).
+    pub forget_standby_after: Duration,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_secs(1), max_reply_age: Duration::from_secs(30) }
+        Self {
+            poll_interval: Duration::from_secs(1),
+            max_reply_age: Duration::from_secs(30),
+            forget_standby_after: Duration::from_secs(300),
+        }
     }
 }
 
@@ -414,9 +422,39 @@ pub struct Tracker {
     /// `reply_time` that stops changing shows it. Comparing `reply_time` with the primary's clock
     /// instead would mix two machines' clocks.
     replies: HashMap<i32, (Option<f64>, Instant)>,
+    /// Standbys by name, and when they were last in `pg_stat_replication`.
+    seen: HashMap<String, Instant>,
 }
 
 impl Tracker {
+    /// Remember the standbys present now; return the ones that disappeared less than
+    /// `forget_after` ago, with unknown lag. A standby that disconnects (network, restart, crash)
+    /// is the most common standby trouble, and ignoring it would fail *open*.
+    fn missing_standbys(&mut self, present: &[String], now: Instant, forget_after: Duration) -> Vec<Standby> {
+        for name in present {
+            self.seen.insert(name.clone(), now);
+        }
+        self.seen.retain(|_, last| now.duration_since(*last) <= forget_after);
+        let mut missing: Vec<Standby> = self
+            .seen
+            .iter()
+            .filter(|(name, _)| !present.contains(name))
+            .map(|(name, last)| Standby {
+                name: name.clone(),
+                lag_seconds: None,
+                lag_bytes: None,
+                streaming: false,
+                unknown: Some(format!(
+                    "disconnected {}s ago; held until it reconnects, or for --forget-standby-after {}s",
+                    now.duration_since(*last).as_secs(),
+                    forget_after.as_secs()
+                )),
+            })
+            .collect();
+        missing.sort_by(|a, b| a.name.cmp(&b.name));
+        missing
+    }
+
     /// How long the standby behind walsender `pid` has sent nothing new, on the primary's clock.
     fn silent_for(&mut self, pid: i32, reply_time: Option<f64>, now: Instant) -> Duration {
         let entry = self.replies.entry(pid).or_insert((reply_time, now));
@@ -573,6 +611,8 @@ async fn try_measure(
         };
         standbys.push(Standby { name, lag_seconds, lag_bytes: Some(lag_bytes), streaming, unknown });
     }
+    let present: Vec<String> = standbys.iter().map(|s| s.name.clone()).collect();
+    standbys.extend(tracker.missing_standbys(&present, now, cfg.forget_standby_after));
     let slots: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
         "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots ORDER BY 1",
     )
@@ -829,5 +869,37 @@ mod tests {
         // After a stop, restart at half speed and climb.
         assert!(matches!(g.decide(&measured(11.0, 0)), Decision::Wait { .. }));
         assert!((rate(g.decide(&measured(1.0, 0))) - (RESTART_RATE + INCREASE)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_disconnected_standby_counts_as_unknown_until_forgotten() {
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let forget = Duration::from_secs(300);
+        assert!(t.missing_standbys(&["s1".into(), "s2".into()], t0, forget).is_empty());
+        // s2 drops out: reported, lag unknown, so the gate holds jobs.
+        let gone = t.missing_standbys(&["s1".into()], t0 + Duration::from_secs(10), forget);
+        assert_eq!(gone.len(), 1);
+        assert_eq!((gone[0].name.as_str(), gone[0].lag_seconds, gone[0].streaming), ("s2", None, false));
+        assert!(gone[0].unknown.as_deref().is_some_and(|w| w.contains("disconnected 10s ago")), "{gone:?}");
+        let m = Measurement {
+            at: Instant::now(),
+            standbys: gone,
+            slots: vec![],
+            oldest_transaction_seconds: None,
+            error: None,
+            valid_for: Duration::from_secs(3),
+        };
+        assert!(
+            matches!(Gate::new(ThrottleSpec::default()).decide(&m), Decision::Wait { reason, .. } if reason.contains("disconnected"))
+        );
+        // Back again: nothing missing.
+        assert!(t.missing_standbys(&["s1".into(), "s2".into()], t0 + Duration::from_secs(20), forget).is_empty());
+        // Gone for longer than forget_after: forgotten.
+        assert!(t.missing_standbys(&["s1".into()], t0 + Duration::from_secs(400), forget).is_empty());
+        // Zero disables the memory.
+        let mut t = Tracker::default();
+        assert!(t.missing_standbys(&["s1".into()], t0, Duration::ZERO).is_empty());
+        assert!(t.missing_standbys(&[], t0 + Duration::from_millis(1), Duration::ZERO).is_empty());
     }
 }

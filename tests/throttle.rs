@@ -438,3 +438,29 @@ async fn approaching_max_lag_slows_down_without_stopping() {
     stop.cancel();
     writer.await.unwrap();
 }
+
+/// A standby that disconnects drops out of `pg_stat_replication`. Even without `min_replicas`, the
+/// throttle does not simply forget it (that would fail open): its lag is unknown and jobs are held
+/// until it reconnects.
+#[tokio::test]
+async fn a_disconnected_standby_holds_jobs_until_it_returns() {
+    let c = dedicated_cluster().await;
+    let db = c.new_database().await;
+    let pool = db.pool().await;
+    make_table(&pool, 30_000).await;
+    db.wait_on_standby().await;
+    let jobs = JobsDir::new();
+    jobs.write("j", &spec("gone", "  max_lag: 10s\n"));
+    let daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_until(DEADLINE, "first batches", || async { counters(&pool, "gone").await.batches >= 2 }).await;
+
+    c.stop_standby().await;
+    let (reason, at_throttle) = wait_throttled(&pool, "gone", "disconnected", &daemon).await;
+    assert!(reason.contains("lag unknown"), "{reason}");
+    assert_holds(&pool, "gone", at_throttle, &daemon).await;
+    assert!(unfilled(&pool).await > 0, "the job finished before the standby stopped");
+
+    c.start_standby().await;
+    wait_state(&pool, "gone", "completed", DEADLINE, Some(&daemon)).await;
+    assert_eq!(unfilled(&pool).await, 0);
+}
