@@ -233,29 +233,36 @@ async fn apply_delay_above_max_lag_throttles_below_it_runs() {
     writer.await.unwrap();
 }
 
-/// Done-when 3: with `min_replicas: 1`, a stopped standby throttles (reason names min_replicas);
-/// started again, the job resumes and completes.
-#[tokio::test]
-async fn stopped_standby_throttles_with_min_replicas() {
+/// Stop the standby while a job runs: the job must hold (reason containing `needle`, at most the
+/// batch in flight committing) until the standby is started again, then complete. Returns the reason.
+async fn standby_outage_holds_the_job(job: &str, throttle: &str, needle: &str) -> String {
     let c = dedicated_cluster().await;
     let db = c.new_database().await;
     let pool = db.pool().await;
     make_table(&pool, 30_000).await;
     db.wait_on_standby().await;
     let jobs = JobsDir::new();
-    jobs.write("j", &spec("replicas", "  max_lag: 10s\n  min_replicas: 1\n"));
+    jobs.write("j", &spec(job, throttle));
     let daemon = Daemon::start(&db.url, jobs.path(), &[]);
-    wait_until(DEADLINE, "first batches", || async { counters(&pool, "replicas").await.batches >= 2 }).await;
+    wait_until(DEADLINE, "first batches", || async { counters(&pool, job).await.batches >= 2 }).await;
 
     c.stop_standby().await;
-    let (reason, at_throttle) = wait_throttled(&pool, "replicas", "min_replicas", &daemon).await;
-    assert!(reason.contains("0 standby(s) streaming"), "{reason}");
-    assert_holds(&pool, "replicas", at_throttle, &daemon).await;
+    let (reason, at_throttle) = wait_throttled(&pool, job, needle, &daemon).await;
+    assert_holds(&pool, job, at_throttle, &daemon).await;
     assert!(unfilled(&pool).await > 0, "the job finished before the standby stopped");
 
     c.start_standby().await;
-    wait_state(&pool, "replicas", "completed", DEADLINE, Some(&daemon)).await;
+    wait_state(&pool, job, "completed", DEADLINE, Some(&daemon)).await;
     assert_eq!(unfilled(&pool).await, 0);
+    reason
+}
+
+/// Done-when 3: with `min_replicas: 1`, a stopped standby throttles (reason names min_replicas);
+/// started again, the job resumes and completes.
+#[tokio::test]
+async fn stopped_standby_throttles_with_min_replicas() {
+    let reason = standby_outage_holds_the_job("replicas", "  max_lag: 10s\n  min_replicas: 1\n", "min_replicas").await;
+    assert!(reason.contains("0 standby(s) streaming"), "{reason}");
 }
 
 /// Done-when 4: a role that cannot read replication status fails closed, with the grant as the
@@ -444,23 +451,6 @@ async fn approaching_max_lag_slows_down_without_stopping() {
 /// until it reconnects.
 #[tokio::test]
 async fn a_disconnected_standby_holds_jobs_until_it_returns() {
-    let c = dedicated_cluster().await;
-    let db = c.new_database().await;
-    let pool = db.pool().await;
-    make_table(&pool, 30_000).await;
-    db.wait_on_standby().await;
-    let jobs = JobsDir::new();
-    jobs.write("j", &spec("gone", "  max_lag: 10s\n"));
-    let daemon = Daemon::start(&db.url, jobs.path(), &[]);
-    wait_until(DEADLINE, "first batches", || async { counters(&pool, "gone").await.batches >= 2 }).await;
-
-    c.stop_standby().await;
-    let (reason, at_throttle) = wait_throttled(&pool, "gone", "disconnected", &daemon).await;
+    let reason = standby_outage_holds_the_job("gone", "  max_lag: 10s\n", "disconnected").await;
     assert!(reason.contains("lag unknown"), "{reason}");
-    assert_holds(&pool, "gone", at_throttle, &daemon).await;
-    assert!(unfilled(&pool).await > 0, "the job finished before the standby stopped");
-
-    c.start_standby().await;
-    wait_state(&pool, "gone", "completed", DEADLINE, Some(&daemon)).await;
-    assert_eq!(unfilled(&pool).await, 0);
 }
