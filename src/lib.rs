@@ -11,6 +11,7 @@ pub mod localpg;
 pub mod metrics;
 pub mod progress;
 pub mod retry;
+pub mod schedule;
 pub mod sizer;
 pub mod spec;
 pub mod status;

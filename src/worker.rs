@@ -18,6 +18,7 @@ use crate::catalog::Resolved;
 use crate::metrics as m;
 use crate::progress::{Advance, Claim, Progress, ProgressError, State};
 use crate::retry::{self, Backoff, Disposition};
+use crate::schedule::Schedule;
 use crate::sizer::Sizer;
 use crate::spec::JobSpec;
 use crate::throttle::{Decision, Gate, Measurements};
@@ -28,6 +29,8 @@ pub struct Job {
     pub spec: JobSpec,
     pub resolved: Resolved,
     pub statements: Statements,
+    /// Low-traffic windows; `None`: any time.
+    pub schedule: Option<Schedule>,
     /// Until when this job's throttled time has been counted (shared by its range workers).
     throttle_counted: std::sync::Mutex<Option<Instant>>,
 }
@@ -35,7 +38,8 @@ pub struct Job {
 impl Job {
     pub fn new(spec: JobSpec, resolved: Resolved) -> Self {
         let statements = resolved.target.statements();
-        Self { spec, resolved, statements, throttle_counted: std::sync::Mutex::new(None) }
+        let schedule = spec.schedule.as_ref().map(Schedule::from_spec);
+        Self { spec, resolved, statements, schedule, throttle_counted: std::sync::Mutex::new(None) }
     }
 
     pub fn name(&self) -> &str {
@@ -289,7 +293,12 @@ async fn wait_for_gate(
     let name = job.name();
     loop {
         let measurement = measurements.borrow_and_update().clone();
-        match gate.decide(&measurement) {
+        // Outside its schedule windows a job is held like a throttle (signal `schedule`).
+        let decision = match job.schedule.as_ref().and_then(|s| s.closed(chrono::Utc::now())) {
+            Some(closed) => Decision::Wait { reason: closed.reason, signal: "schedule".into() },
+            None => gate.decide(&measurement),
+        };
+        match decision {
             Decision::Go { scale } => {
                 if clock.since.is_some() {
                     tracing::info!(job = name, "throttle lifted");

@@ -509,3 +509,36 @@ fn specs_serialize_back_exactly() {
     let back: JobSpec = serde_json::from_value(json).unwrap();
     assert_eq!(back, spec);
 }
+
+// ----- schedule (issue 11) -----
+
+#[test]
+fn schedule_parses_with_utc_by_default() {
+    let spec = parse_str(
+        Path::new(FILE),
+        &with("schedule:\n  windows: [\"Mon-Fri 01:00-06:00\", \"Sat,Sun 00:00-24:00\", \"22:00-02:00\"]\n"),
+    )
+    .unwrap();
+    let schedule = spec.schedule.expect("schedule");
+    assert_eq!(schedule.timezone, "UTC");
+    assert_eq!(schedule.windows.len(), 3);
+    assert_eq!(parse_str(Path::new(FILE), MINIMAL).unwrap().schedule, None);
+}
+
+#[test]
+fn a_bad_window_names_its_field_with_an_example() {
+    let p = problems(&with(
+        "schedule:\n  timezone: Europe/Berln\n  windows:\n    - Mon-Fri 01:00-06:00\n    - Mon-Fry 25:00-06:00\n",
+    ));
+    let bad = expect(&p, "schedule.windows[1]", "`Fry` is not a day");
+    assert!(bad.hint.contains("`Mon-Fri 01:00-06:00`"), "{bad}");
+    assert_eq!(bad.line, Some(7), "{bad}");
+    let tz = expect(&p, "schedule.timezone", "did you mean `Europe/Berlin`?");
+    assert_eq!(tz.line, Some(6), "{tz}");
+    let p = problems(&with("schedule:\n  windows: [\"06:00-06:00\"]\n"));
+    expect(&p, "schedule.windows[0]", "empty window");
+    let p = problems(&with("schedule:\n  timezone: UTC\n"));
+    expect(&p, "schedule.windows", "never run");
+    let p = problems(&with("schedule:\n  windows: 01:00-02:00\n"));
+    expect(&p, "schedule.windows", "");
+}

@@ -218,7 +218,11 @@ fn model() -> &'static Model {
         let mut sections = BTreeMap::new();
         for field in &fields {
             let property = &schema["properties"][field];
-            let target = match property["$ref"].as_str().and_then(|r| r.strip_prefix("#/")) {
+            // An optional section (`schedule`) is `anyOf: [{$ref}, {type: null}]`.
+            let reference = property["$ref"]
+                .as_str()
+                .or_else(|| property["anyOf"].as_array()?.iter().find_map(|a| a["$ref"].as_str()));
+            let target = match reference.and_then(|r| r.strip_prefix("#/")) {
                 Some(pointer) => schema.pointer(&format!("/{pointer}")).unwrap_or(property),
                 None => property,
             };
@@ -245,7 +249,9 @@ fn model() -> &'static Model {
 fn probe(path: &[&str], value: &Value) -> Result<(), serde_yaml::Error> {
     let mut nested = value.clone();
     for (depth, segment) in path.iter().enumerate().skip(1).rev() {
-        nested = if path[0] == "key" && depth == 1 {
+        // A list element: `key[1]`, `then[0]`, `schedule.windows[2]` (but a `set` column may be named `0`).
+        let element = path[0] != "set" && segment.parse::<usize>().is_ok();
+        nested = if (path[0] == "key" && depth == 1) || element {
             Value::Sequence(vec![nested])
         } else {
             let mut m = Mapping::new();

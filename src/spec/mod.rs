@@ -54,6 +54,23 @@ pub struct JobSpec {
     /// Workers on disjoint key ranges of this job (1 to 64).
     #[serde(default = "default_concurrency")]
     pub concurrency: i64,
+    /// Low-traffic windows: outside them the job is held like a throttle. Default: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+}
+
+/// When a job may write: windows on the wall clock of a time zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// IANA time zone name the windows are read in, e.g. `Europe/Berlin`.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Windows `[DAYS ]HH:MM-HH:MM`: `Mon-Fri 01:00-06:00`, `Sat,Sun 00:00-24:00`, `22:00-02:00`. DAYS
+    /// is a range or a list (every day when omitted); a window may cross midnight and belongs to the
+    /// day it starts on.
+    #[serde(default)]
+    pub windows: Vec<String>,
 }
 
 /// Batch sizing: `min_size <= size <= max_size`, all at least 1.
@@ -125,6 +142,9 @@ pub struct ThrottleSpec {
     pub max_transaction_age: Option<Duration>,
 }
 
+fn default_timezone() -> String {
+    "UTC".to_string()
+}
 fn default_concurrency() -> i64 {
     1
 }

@@ -95,6 +95,9 @@ impl JobSpec {
         v.batch(self);
         v.timeouts(self);
         v.throttle(self);
+        if let Some(schedule) = &self.schedule {
+            v.schedule(schedule);
+        }
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             v.push(
                 "concurrency",
@@ -367,6 +370,37 @@ impl Validator<'_> {
                 "is zero, so every batch would wait",
                 "write a positive duration such as `10m`, or remove it",
             );
+        }
+    }
+}
+
+impl Validator<'_> {
+    fn schedule(&mut self, schedule: &super::ScheduleSpec) {
+        if let Err(e) = crate::schedule::parse_timezone(&schedule.timezone) {
+            self.push(
+                "schedule.timezone",
+                e,
+                "write an IANA time zone name such as `UTC`, `Europe/Berlin` or `America/New_York`",
+            );
+        }
+        if schedule.windows.is_empty() {
+            self.push(
+                "schedule.windows",
+                "has no windows, so the job would never run",
+                format!(
+                    "list at least one window, e.g. {}; remove `schedule` to run at any time",
+                    crate::schedule::WINDOW_EXAMPLE
+                ),
+            );
+        }
+        for (i, window) in schedule.windows.iter().enumerate() {
+            if let Err(e) = crate::schedule::Window::parse(window) {
+                self.push(
+                    format!("schedule.windows[{i}]"),
+                    format!("`{window}`: {e}"),
+                    format!("write `[DAYS ]HH:MM-HH:MM`, e.g. {}", crate::schedule::WINDOW_EXAMPLE),
+                );
+            }
         }
     }
 }
