@@ -30,7 +30,7 @@ COPY --from=build /src/target/release/pgbackfill /usr/local/bin/pgbackfill
 COPY jobs/schema.json /usr/share/pgbackfill/schema.json
 # 65532: the conventional "nonroot" uid, numeric so runAsNonRoot can verify it without /etc/passwd.
 USER 65532:65532
-EXPOSE 9187
+EXPOSE 8590
 # Exec form: pgbackfill is PID 1 and receives SIGTERM (drain), SIGUSR1/SIGUSR2 (pause/resume) and
 # SIGHUP (reload) itself.
 ENTRYPOINT ["/usr/local/bin/pgbackfill"]

@@ -8,14 +8,17 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
+/// The exporter configured for the metrics contract (histogram buckets).
+pub fn prometheus_builder() -> anyhow::Result<PrometheusBuilder> {
+    Ok(PrometheusBuilder::new().set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Full(crate::metrics::BATCH_DURATION.to_string()),
+        crate::metrics::BATCH_DURATION_BUCKETS,
+    )?)
+}
+
 /// Install the global metrics recorder. Call once, before any metric is recorded.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(crate::metrics::BATCH_DURATION.to_string()),
-            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0],
-        )?
-        .install_recorder()?;
+    let handle = prometheus_builder()?.install_recorder()?;
     crate::metrics::describe();
     Ok(handle)
 }

@@ -145,7 +145,7 @@ struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     scan_interval: Duration,
     /// Address for /metrics and /healthz; empty to disable.
-    #[arg(long, env = "PGBACKFILL_METRICS_ADDR", default_value = "0.0.0.0:9187")]
+    #[arg(long, env = "PGBACKFILL_METRICS_ADDR", default_value = "0.0.0.0:8590")]
     metrics_addr: String,
 }
 

@@ -15,15 +15,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::gauge;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{self, KeyValue};
 use crate::catalog;
-use crate::metrics as m;
-use crate::progress::{Claim, Progress, ProgressError, State};
+use crate::metrics::{DaemonMetrics, JobMetrics};
+use crate::progress::{Claim, JobRow, Progress, ProgressError, State};
 use crate::spec::{self, JobSpec};
 use crate::worker::{self, Context, Job, RangeOutcome};
 
@@ -75,6 +74,8 @@ struct Supervisor {
     /// Jobs whose verification is running.
     finalizing: Arc<Mutex<HashSet<String>>>,
     reported: HashSet<String>,
+    /// Jobs whose metric series this process has declared (see [`JobMetrics::declare`]).
+    declared: HashSet<String>,
 }
 
 /// How long shutdown waits for batches in flight before abandoning them. Abandoning is safe: a
@@ -102,6 +103,7 @@ pub async fn run(
         live,
         finalizing: Arc::new(Mutex::new(HashSet::new())),
         reported: HashSet::new(),
+        declared: HashSet::new(),
     };
     let outcome = sup.run().await;
     // Drain: workers finish their batch in flight and release their ranges, within a bound.
@@ -121,7 +123,7 @@ pub async fn run(
         );
         sup.tasks.abort_all();
     }
-    gauge!(m::ACTIVE_WORKERS).set(0.0);
+    DaemonMetrics::get().active_workers.set(0.0);
     let _ = renewer.await;
     outcome
 }
@@ -168,7 +170,7 @@ impl Supervisor {
                 self.active.remove(name);
             }
         }
-        gauge!(m::ACTIVE_WORKERS).set(self.active.values().map(|a| a.workers).sum::<usize>() as f64);
+        self.publish_workers();
         if outcome == RangeOutcome::Done {
             let job = self.resolved.get(name).cloned();
             if let Some(job) = job {
@@ -180,7 +182,7 @@ impl Supervisor {
     /// One pass over the jobs directory. Returns an outcome when `exit_when_done` and all have ended.
     async fn scan(&mut self) -> Option<Outcome> {
         let report = spec::load_paths(std::slice::from_ref(&self.cfg.jobs_dir));
-        gauge!(m::SPEC_ERRORS).set(report.problems.len() as f64);
+        DaemonMetrics::get().spec_errors.set(report.problems.len() as f64);
         let mut invalid: Vec<String> = Vec::new();
         for p in &report.problems {
             self.report_once(format!("invalid spec: {p}"));
@@ -224,6 +226,10 @@ impl Supervisor {
         Some(if failed.is_empty() { Outcome::AllCompleted } else { Outcome::NotAllCompleted { failed } })
     }
 
+    fn publish_workers(&self) {
+        DaemonMetrics::get().active_workers.set(self.active.values().map(|a| a.workers).sum::<usize>() as f64);
+    }
+
     fn report_once(&mut self, message: String) {
         if self.reported.insert(message.clone()) {
             tracing::error!("{message}");
@@ -233,6 +239,10 @@ impl Supervisor {
     /// Bring one job forward: resolve, register, plan, claim. Returns its state.
     async fn consider(&mut self, spec: JobSpec) -> Result<Option<State>, String> {
         let name = spec.name.clone();
+        // Every series of the job exists from the moment it is loaded, before any batch.
+        if self.declared.insert(name.clone()) {
+            JobMetrics::declare(&name, spec.batch.size);
+        }
         // A tuning change restarts the job's workers so they pick up the new settings.
         if let Some(active) = self.active.get(&name) {
             if active.job.spec == spec {
@@ -273,7 +283,7 @@ impl Supervisor {
             .await
         {
             Ok(row) => {
-                publish_state(&name, row.state);
+                publish_job(&job, &row);
                 row
             }
             Err(e @ ProgressError::MeaningChanged { .. }) => {
@@ -370,7 +380,7 @@ impl Supervisor {
             let held = claim.clone();
             let handle = self.tasks.spawn(async move { (n, worker::run_range(ctx, job, claim, cancel).await) });
             self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(handle.id(), held);
-            gauge!(m::ACTIVE_WORKERS).set(self.active.values().map(|a| a.workers).sum::<usize>() as f64);
+            self.publish_workers();
         }
     }
 
@@ -416,12 +426,13 @@ async fn finalize(ctx: &Context, job: &Job) {
     }
 }
 
-/// `pgbackfill_job_state{job, state}`: 1 for the current state, 0 for the others, so dashboards can
-/// show and alert on state without string parsing.
-fn publish_state(job: &str, state: State) {
-    for s in [State::Pending, State::Running, State::Paused, State::Completed, State::Failed, State::Cancelled] {
-        gauge!(m::JOB_STATE, "job" => job.to_string(), "state" => s.as_str()).set(if s == state { 1.0 } else { 0.0 });
-    }
+/// `pgbackfill_job_state{job, state}` (1 for the current state, 0 for the others, so dashboards can
+/// show and alert on state without string parsing), and progress and ETA computed exactly as
+/// `status` computes them.
+fn publish_job(job: &Job, row: &JobRow) {
+    let status = crate::status::JobStatus::from_row(row);
+    job.metrics.set_state(row.state.as_str());
+    job.metrics.set_progress(status.percent.map(|p| p / 100.0), status.eta_seconds);
 }
 
 fn spec_json(spec: &JobSpec) -> serde_json::Value {

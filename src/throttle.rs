@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::metrics::ThrottleReason;
 use crate::spec::ThrottleSpec;
 
 /// One standby (or other replication client that replays WAL) as seen from the primary.
@@ -86,12 +87,13 @@ pub enum Decision {
     /// Do not write; the reason names the signal and, where one exists, the fix. `signal` is a
     /// stable key for what holds the job (`lag:<standby>`, `slot:<name>` …): the reason's numbers
     /// change every poll, so callers log and record a *new* throttle only when the signal changes.
-    Wait { reason: String, signal: String },
+    /// `kind` is the fixed-set reason for `pgbackfill_throttled{reason}`.
+    Wait { reason: String, signal: String, kind: ThrottleReason },
 }
 
 impl Decision {
-    fn wait(signal: impl Into<String>, reason: impl Into<String>) -> Self {
-        Decision::Wait { reason: reason.into(), signal: signal.into() }
+    fn wait(kind: ThrottleReason, signal: impl Into<String>, reason: impl Into<String>) -> Self {
+        Decision::Wait { reason: reason.into(), signal: signal.into(), kind }
     }
 }
 
@@ -160,11 +162,12 @@ impl Gate {
 
     fn evaluate(&self, m: &Measurement) -> Decision {
         if let Some(err) = &m.error {
-            return Decision::wait("unknown", format!("lag unknown: {err}"));
+            return Decision::wait(ThrottleReason::Unknown, "unknown", format!("lag unknown: {err}"));
         }
         let age = m.at.elapsed();
         if age > m.valid_for {
             return Decision::wait(
+                ThrottleReason::Unknown,
                 "stale",
                 format!(
                     "lag unknown: no lag measurement for {:.1}s (over its {}s validity: the database is \
@@ -177,6 +180,7 @@ impl Gate {
         let min = self.spec.min_replicas.max(0) as usize;
         if m.streaming_count() < min {
             return Decision::wait(
+                ThrottleReason::Replicas,
                 "min_replicas",
                 format!("{} standby(s) streaming, throttle.min_replicas is {min}", m.streaming_count()),
             );
@@ -204,11 +208,16 @@ impl Gate {
         for s in &m.standbys {
             let Some(lag) = s.lag_seconds else {
                 let why = s.unknown.as_deref().unwrap_or("no lag reported");
-                return Decision::wait(format!("lag:{}", s.name), format!("lag unknown for standby {}: {why}", s.name));
+                return Decision::wait(
+                    ThrottleReason::Unknown,
+                    format!("lag:{}", s.name),
+                    format!("lag unknown for standby {}: {why}", s.name),
+                );
             };
             let lag_limit = max_lag * resume_factor;
             if lag > lag_limit {
                 return Decision::wait(
+                    ThrottleReason::LagSeconds,
                     format!("lag:{}", s.name),
                     over(
                         format!("standby {} replay lag {lag:.1}s", s.name),
@@ -223,12 +232,14 @@ impl Gate {
                 match s.lag_bytes {
                     None => {
                         return Decision::wait(
+                            ThrottleReason::Unknown,
                             format!("bytes:{}", s.name),
                             format!("byte lag unknown for standby {}", s.name),
                         );
                     }
                     Some(b) if b as f64 > limit => {
                         return Decision::wait(
+                            ThrottleReason::LagBytes,
                             format!("bytes:{}", s.name),
                             over(
                                 format!("standby {} is {b} bytes behind", s.name),
@@ -247,6 +258,7 @@ impl Gate {
                 match slot.retained_bytes {
                     Some(b) if b as f64 > limit => {
                         return Decision::wait(
+                            ThrottleReason::Slot,
                             format!("slot:{}", slot.name),
                             over(
                                 format!("replication slot {} retains {b} bytes of WAL", slot.name),
@@ -265,6 +277,7 @@ impl Gate {
             match m.oldest_transaction_seconds {
                 Some(age) if age > limit => {
                     return Decision::wait(
+                        ThrottleReason::TransactionAge,
                         "transaction",
                         over(
                             format!("oldest open transaction is {age:.0}s old"),
@@ -646,20 +659,21 @@ struct PublishedMetrics {
 
 impl PublishedMetrics {
     fn publish(&mut self, m: &Measurement) {
-        use crate::metrics as names;
-        metrics::gauge!(names::LAG_MEASUREMENT_OK).set(if m.error.is_none() { 1.0 } else { 0.0 });
-        metrics::gauge!(names::REPLICAS_STREAMING).set(m.streaming_count() as f64);
+        use crate::metrics::{DaemonMetrics, ReplicaMetrics, slot_retained_bytes};
+        let daemon = DaemonMetrics::get();
+        daemon.lag_measurement_ok.set(if m.error.is_none() { 1.0 } else { 0.0 });
+        daemon.replicas_streaming.set(m.streaming_count() as f64);
         let mut seen = std::collections::BTreeSet::new();
         for s in &m.standbys {
-            metrics::gauge!(names::REPLICA_LAG_SECONDS, "standby" => s.name.clone())
-                .set(s.lag_seconds.unwrap_or(f64::NAN));
-            metrics::gauge!(names::REPLICA_LAG_BYTES, "standby" => s.name.clone())
-                .set(s.lag_bytes.map_or(f64::NAN, |b| b as f64));
+            let r = ReplicaMetrics::new(&s.name);
+            r.lag_seconds.set(s.lag_seconds.unwrap_or(f64::NAN));
+            r.lag_bytes.set(s.lag_bytes.map_or(f64::NAN, |b| b as f64));
             seen.insert(s.name.clone());
         }
         for gone in self.standbys.difference(&seen) {
-            metrics::gauge!(names::REPLICA_LAG_SECONDS, "standby" => gone.clone()).set(f64::NAN);
-            metrics::gauge!(names::REPLICA_LAG_BYTES, "standby" => gone.clone()).set(f64::NAN);
+            let r = ReplicaMetrics::new(gone);
+            r.lag_seconds.set(f64::NAN);
+            r.lag_bytes.set(f64::NAN);
         }
         // A failed poll knows nothing about standbys: keep the names so they come back.
         if m.error.is_none() {
@@ -667,17 +681,16 @@ impl PublishedMetrics {
         }
         let mut seen = std::collections::BTreeSet::new();
         for s in &m.slots {
-            metrics::gauge!(names::SLOT_RETAINED_BYTES, "slot" => s.name.clone())
-                .set(s.retained_bytes.map_or(f64::NAN, |b| b as f64));
+            slot_retained_bytes(&s.name).set(s.retained_bytes.map_or(f64::NAN, |b| b as f64));
             seen.insert(s.name.clone());
         }
         for gone in self.slots.difference(&seen) {
-            metrics::gauge!(names::SLOT_RETAINED_BYTES, "slot" => gone.clone()).set(f64::NAN);
+            slot_retained_bytes(gone).set(f64::NAN);
         }
         if m.error.is_none() {
             self.slots = seen;
         }
-        metrics::gauge!(names::OLDEST_TRANSACTION_SECONDS).set(m.oldest_transaction_seconds.unwrap_or(0.0));
+        daemon.oldest_transaction_seconds.set(m.oldest_transaction_seconds.unwrap_or(0.0));
     }
 }
 
@@ -801,7 +814,7 @@ mod tests {
         m.valid_for = Duration::from_secs(1);
         let d = g.decide(&m);
         assert!(
-            matches!(&d, Decision::Wait { signal, reason } if signal == "stale" && reason.contains("1s validity")),
+            matches!(&d, Decision::Wait { signal, reason, .. } if signal == "stale" && reason.contains("1s validity")),
             "{d:?}"
         );
         // Before the first poll nothing may run, and the default validity is below max_lag.

@@ -9,13 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::{counter, gauge, histogram};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{self, Statements};
 use crate::catalog::Resolved;
-use crate::metrics as m;
+use crate::metrics::{BatchOutcome, JobMetrics, ThrottleReason};
 use crate::progress::{Advance, Claim, Progress, ProgressError, State};
 use crate::retry::{self, Backoff, Disposition};
 use crate::schedule::Schedule;
@@ -31,6 +30,8 @@ pub struct Job {
     pub statements: Statements,
     /// Low-traffic windows; `None`: any time.
     pub schedule: Option<Schedule>,
+    /// The job's series (declared by the supervisor when it loaded the job).
+    pub metrics: JobMetrics,
     /// Until when this job's throttled time has been counted (shared by its range workers).
     throttle_counted: std::sync::Mutex<Option<Instant>>,
 }
@@ -39,7 +40,8 @@ impl Job {
     pub fn new(spec: JobSpec, resolved: Resolved) -> Self {
         let statements = resolved.target.statements();
         let schedule = spec.schedule.as_ref().map(Schedule::from_spec);
-        Self { spec, resolved, statements, schedule, throttle_counted: std::sync::Mutex::new(None) }
+        let metrics = JobMetrics::new(&spec.name);
+        Self { spec, resolved, statements, schedule, metrics, throttle_counted: std::sync::Mutex::new(None) }
     }
 
     pub fn name(&self) -> &str {
@@ -100,7 +102,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
             break RangeOutcome::Stopped;
         };
         let limit = sizer.size();
-        gauge!(m::BATCH_SIZE, "job" => name.clone()).set(limit as f64);
+        job.metrics.set_batch_size(limit);
         let started = Instant::now();
         // A client-side bound too: on a half-open connection the server's timeouts never reach us.
         // Dropping the attempt is safe: the batch rolls back and the cursor is re-read next time.
@@ -124,10 +126,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                 }
                 backoff.reset();
                 sizer.observe(scanned, elapsed);
-                counter!(m::ROWS_UPDATED, "job" => name.clone()).increment(updated.max(0) as u64);
-                counter!(m::ROWS_SCANNED, "job" => name.clone()).increment(scanned.max(0) as u64);
-                counter!(m::BATCHES, "job" => name.clone()).increment(1);
-                histogram!(m::BATCH_DURATION, "job" => name.clone()).record(elapsed.as_secs_f64());
+                job.metrics.batch_committed(updated, scanned, elapsed);
                 tracing::debug!(job = %name, range = claim.range_no, scanned, updated, ms = elapsed.as_millis() as u64, "batch committed");
                 if done {
                     break RangeOutcome::Done;
@@ -144,7 +143,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
             Ok(Step::Lost) => break RangeOutcome::Lost,
             Err(err) => {
                 let kind = retry::label(&err);
-                counter!(m::BATCH_ERRORS, "job" => name.clone(), "error" => kind).increment(1);
+                job.metrics.batch_failed(BatchOutcome::of_error(&err));
                 let disposition = retry::classify(&err);
                 let message = err.to_string();
                 if disposition == Disposition::Permanent {
@@ -186,7 +185,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
     };
     if throttle.since.is_some() {
         throttle.flush(&ctx, &job, None).await;
-        gauge!(m::JOB_THROTTLED, "job" => name.clone()).set(0.0);
+        job.metrics.set_throttle(None, 1.0);
     }
     match &outcome {
         RangeOutcome::Done | RangeOutcome::Lost => {}
@@ -266,7 +265,7 @@ impl ThrottleClock {
         self.unreported += add;
         if self.unreported >= 1.0 {
             let whole = self.unreported.floor();
-            counter!(m::THROTTLED_SECONDS, "job" => job.name().to_string()).increment(whole as u64);
+            job.metrics.add_throttled_seconds(whole as u64);
             self.unreported -= whole;
         }
         if let Err(e) = ctx.progress.note_throttle(job.name(), reason, add).await {
@@ -295,7 +294,9 @@ async fn wait_for_gate(
         let measurement = measurements.borrow_and_update().clone();
         // Outside its schedule windows a job is held like a throttle (signal `schedule`).
         let decision = match job.schedule.as_ref().and_then(|s| s.closed(chrono::Utc::now())) {
-            Some(closed) => Decision::Wait { reason: closed.reason, signal: "schedule".into() },
+            Some(closed) => {
+                Decision::Wait { reason: closed.reason, signal: "schedule".into(), kind: ThrottleReason::Schedule }
+            }
             None => gate.decide(&measurement),
         };
         match decision {
@@ -304,18 +305,16 @@ async fn wait_for_gate(
                     tracing::info!(job = name, "throttle lifted");
                     clock.flush(ctx, job, None).await;
                 }
-                gauge!(m::JOB_THROTTLED, "job" => name.to_string()).set(0.0);
-                gauge!(m::THROTTLE_SCALE, "job" => name.to_string()).set(scale);
+                job.metrics.set_throttle(None, scale);
                 return Some(scale);
             }
-            Decision::Wait { reason, signal } => {
+            Decision::Wait { reason, signal, kind } => {
                 if clock.since.is_none() {
                     clock.since = Some(Instant::now());
                 }
                 if clock.signal.as_deref() != Some(signal.as_str()) {
                     tracing::warn!(job = name, reason = %reason, "throttled: not writing");
-                    gauge!(m::JOB_THROTTLED, "job" => name.to_string()).set(1.0);
-                    gauge!(m::THROTTLE_SCALE, "job" => name.to_string()).set(0.0);
+                    job.metrics.set_throttle(Some(kind), 0.0);
                     clock.signal = Some(signal);
                     clock.flush(ctx, job, Some(&reason)).await;
                 } else if clock.last_flush.is_some_and(|t| t.elapsed() >= THROTTLE_FLUSH_INTERVAL) {

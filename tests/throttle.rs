@@ -347,10 +347,15 @@ async fn status_and_metrics_show_the_throttle() {
 
     // Running: per-standby gauges exist, the job is not throttled and goes at full speed.
     let body = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
-    assert_eq!(samples(&body, "pgbackfill_replica_lag_seconds", "standby=").len(), 1, "{body}");
-    assert_eq!(samples(&body, "pgbackfill_replica_lag_bytes", "standby=").len(), 1, "{body}");
-    assert_eq!(samples(&body, "pgbackfill_job_throttled", "job=\"shown\""), vec![0.0], "{body}");
-    assert_eq!(samples(&body, "pgbackfill_throttle_scale", "job=\"shown\"").len(), 1, "{body}");
+    assert_eq!(samples(&body, "pgbackfill_replica_lag_seconds", "replica=").len(), 1, "{body}");
+    assert_eq!(samples(&body, "pgbackfill_replica_lag_bytes", "replica=").len(), 1, "{body}");
+    // Not held: every reason of `pgbackfill_throttled` is 0.
+    assert_eq!(
+        samples(&body, "pgbackfill_throttled", "job=\"shown\""),
+        vec![0.0; pgbackfill::metrics::ThrottleReason::ALL.len()],
+        "{body}"
+    );
+    assert_eq!(samples(&body, "pgbackfill_throttle_scale_ratio", "job=\"shown\"").len(), 1, "{body}");
 
     c.pause_replay().await;
     let (reason, _) = wait_throttled(&pool, "shown", "bytes behind", &daemon).await;
@@ -378,23 +383,30 @@ async fn status_and_metrics_show_the_throttle() {
     assert!(job["throttled_seconds"].as_f64().is_some_and(|s| s >= 1.0), "{job}");
 
     let body = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
-    assert_eq!(samples(&body, "pgbackfill_job_throttled", "job=\"shown\""), vec![1.0], "{body}");
-    assert_eq!(samples(&body, "pgbackfill_throttle_scale", "job=\"shown\""), vec![0.0], "{body}");
+    // Held for the byte lag: that reason is 1, the others 0.
+    assert_eq!(samples(&body, "pgbackfill_throttled", "job=\"shown\",reason=\"lag_bytes\""), vec![1.0], "{body}");
+    assert_eq!(samples(&body, "pgbackfill_throttled", "job=\"shown\"").iter().sum::<f64>(), 1.0, "{body}");
+    assert_eq!(samples(&body, "pgbackfill_throttle_scale_ratio", "job=\"shown\""), vec![0.0], "{body}");
     let total = samples(&body, "pgbackfill_throttled_seconds_total", "job=\"shown\"");
     assert!(total.len() == 1 && total[0] >= 1.0, "{total:?}\n{body}");
-    let lag_bytes = samples(&body, "pgbackfill_replica_lag_bytes", "standby=");
+    let lag_bytes = samples(&body, "pgbackfill_replica_lag_bytes", "replica=");
     assert!(lag_bytes.len() == 1 && lag_bytes[0] > 1_000_000.0, "{lag_bytes:?}\n{body}");
-    let lag_seconds = samples(&body, "pgbackfill_replica_lag_seconds", "standby=");
+    let lag_seconds = samples(&body, "pgbackfill_replica_lag_seconds", "replica=");
     assert!(lag_seconds.len() == 1 && lag_seconds[0] > 0.5, "a paused standby lags in time too: {lag_seconds:?}");
 
     c.resume_replay().await;
     wait_state(&pool, "shown", "completed", DEADLINE, Some(&daemon)).await;
     let body = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
-    assert_eq!(samples(&body, "pgbackfill_job_throttled", "job=\"shown\""), vec![0.0], "{body}");
+    // Not held: every reason of `pgbackfill_throttled` is 0.
+    assert_eq!(
+        samples(&body, "pgbackfill_throttled", "job=\"shown\""),
+        vec![0.0; pgbackfill::metrics::ThrottleReason::ALL.len()],
+        "{body}"
+    );
 }
 
 /// "Beyond stop/go": a standby steadily lagging more than half of `max_lag` (but under it) slows the
-/// job down (a duty cycle below 1, shown in `pgbackfill_throttle_scale`) without holding it; once the
+/// job down (a duty cycle below 1, shown in `pgbackfill_throttle_scale_ratio`) without holding it; once the
 /// lag goes away the rate climbs back to full speed and the job completes.
 #[tokio::test]
 async fn approaching_max_lag_slows_down_without_stopping() {
@@ -418,7 +430,7 @@ async fn approaching_max_lag_slows_down_without_stopping() {
     let start = Instant::now();
     let slowed = loop {
         let body = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
-        let scale = samples(&body, "pgbackfill_throttle_scale", "job=\"slow\"");
+        let scale = samples(&body, "pgbackfill_throttle_scale_ratio", "job=\"slow\"");
         if let [s] = scale.as_slice()
             && *s > 0.0
             && *s < 0.5
@@ -437,7 +449,7 @@ async fn approaching_max_lag_slows_down_without_stopping() {
     c.set_apply_delay(Duration::ZERO).await;
     wait_until(DEADLINE, "full speed again", || async move {
         let body = tokio::task::spawn_blocking(move || scrape(port)).await.unwrap();
-        samples(&body, "pgbackfill_throttle_scale", "job=\"slow\"") == vec![1.0]
+        samples(&body, "pgbackfill_throttle_scale_ratio", "job=\"slow\"") == vec![1.0]
     })
     .await;
     wait_state(&pool, "slow", "completed", DEADLINE, Some(&daemon)).await;
