@@ -159,7 +159,7 @@ def panels():
     p.append(timeseries(
         10, "Standby replay lag vs the job's max_lag", (12, 20, 12, 8),
         [
-            ("max by (standby) (pgbackfill_replica_lag_seconds)", "{{standby}}", "A"),
+            ("max by (replica) (pgbackfill_replica_lag_seconds)", "{{replica}}", "A"),
             (f"max by (job) (pgbackfill_job_max_lag_seconds{{{JOB}}})", "max_lag {{job}}", "B"),
         ],
         "Replay lag of each standby as measured on the primary, and each job's throttle.max_lag: "
@@ -179,7 +179,8 @@ def panels():
         11, "Throttle: held, by reason", (0, 28, 12, 8),
         [(f"max by (job, reason) (pgbackfill_throttled{{{JOB}}})", "{{job}} {{reason}}", "A")],
         "When and why each job was held: lag_seconds, lag_bytes, replicas, slot, "
-        "transaction_age, unknown (lag unmeasurable: fail closed) or paused.",
+        "transaction_age, unknown (lag unmeasurable: fail closed), paused, or schedule (outside "
+        "its low-traffic windows).",
         value_map([(0, "free", "transparent"), (1, "held", "orange")]),
     ))
     p.append(state_timeline(
@@ -189,11 +190,12 @@ def panels():
         value_map([(0, "no", "transparent"), (1, "yes", "red")]),
     ))
     p.append(timeseries(
-        13, "Batch errors per second", (0, 36, 12, 8),
-        [(f"sum by (job, error) (rate(pgbackfill_batch_errors_total{{{JOB}}}[$__rate_interval]))",
-          "{{job}} {{error}}", "A")],
-        "Failed batch attempts by kind. Retryable errors are retried with backoff; a statement "
-        "timeout halves the batch.",
+        13, "Failed batch attempts per second", (0, 36, 12, 8),
+        [(f'sum by (job, outcome) (rate(pgbackfill_batches_total{{{JOB}, outcome!="committed"}}[$__rate_interval]))',
+          "{{job}} {{outcome}}", "A")],
+        "Failed batch attempts by outcome (lock_timeout, statement_timeout, deadlock, serialization, "
+        "connection, error). Retryable ones are retried with backoff; a statement timeout halves "
+        "the batch.",
         unit="short",
     ))
     p.append(timeseries(
