@@ -30,6 +30,7 @@ pub const LAST_BATCH: &str = "pgbackfill_last_batch_timestamp_seconds";
 pub const THROTTLED: &str = "pgbackfill_throttled";
 pub const THROTTLED_SECONDS: &str = "pgbackfill_throttled_seconds_total";
 pub const THROTTLE_SCALE: &str = "pgbackfill_throttle_scale_ratio";
+pub const JOB_MAX_LAG: &str = "pgbackfill_job_max_lag_seconds";
 // ----- per standby / slot -----
 pub const REPLICA_LAG_SECONDS: &str = "pgbackfill_replica_lag_seconds";
 pub const REPLICA_LAG_BYTES: &str = "pgbackfill_replica_lag_bytes";
@@ -66,6 +67,7 @@ pub const ALL: &[&str] = &[
     THROTTLED,
     THROTTLED_SECONDS,
     THROTTLE_SCALE,
+    JOB_MAX_LAG,
     REPLICA_LAG_SECONDS,
     REPLICA_LAG_BYTES,
     SLOT_RETAINED_BYTES,
@@ -328,6 +330,12 @@ impl ReplicaMetrics {
     }
 }
 
+/// The job's `throttle.max_lag`, so a dashboard can draw each standby's lag against the line that
+/// holds the job. Set on every scan: tuning changes apply live.
+pub fn set_job_max_lag(job: &str, max_lag: Duration) {
+    gauge!(JOB_MAX_LAG, &[(JOB, job.to_string())]).set(max_lag.as_secs_f64());
+}
+
 /// WAL retained by one replication slot.
 pub fn slot_retained_bytes(slot: &str) -> Gauge {
     gauge!(SLOT_RETAINED_BYTES, &[(SLOT, slot.to_string())])
@@ -382,6 +390,7 @@ pub fn describe() {
         THROTTLE_SCALE,
         "Rate allowed by the throttle: fraction of time spent in batches (1 = full speed, 0 = held)"
     );
+    describe_gauge!(JOB_MAX_LAG, Unit::Seconds, "The job's throttle.max_lag: it is held while a standby lags more");
     describe_gauge!(
         REPLICA_LAG_SECONDS,
         Unit::Seconds,

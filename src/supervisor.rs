@@ -243,6 +243,7 @@ impl Supervisor {
         if self.declared.insert(name.clone()) {
             JobMetrics::declare(&name, spec.batch.size);
         }
+        crate::metrics::set_job_max_lag(&name, spec.throttle.max_lag);
         // A tuning change restarts the job's workers so they pick up the new settings.
         if let Some(active) = self.active.get(&name) {
             if active.job.spec == spec {

@@ -1,14 +1,17 @@
 //! The files under `deploy/` against the real binary and a real primary + standby: the job specs
 //! they ship pass `check` and are all listed in their kustomizations, `deploy/sql/grants.sql` is
-//! enough to run a backfill. (`.ci/deploy` lints and validates the same files without a database.)
+//! enough to run a backfill, and every metric name the Grafana dashboard and the alerts query
+//! exists in a live scrape. (`.ci/deploy` lints and validates the same files without a database.)
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, cli_offline};
+use common::daemon::{Daemon, JobsDir, cli_offline, wait_state};
+use sqlx::PgPool;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -91,4 +94,143 @@ async fn grants_sql_is_enough_to_run_the_shipped_job() {
             .await
             .expect("job state");
     assert_eq!(state, "completed");
+}
+
+/// Every `pgbackfill_*` name in the dashboard's queries (and its variables) and in the alert rules,
+/// with whether some query selects it by `job=~"$job"` (then the series must carry `job`).
+fn queried_metric_names() -> BTreeMap<String, bool> {
+    let mut exprs = Vec::new();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read(&repo("deploy/grafana/pgbackfill.json"))).expect("dashboard JSON");
+    collect_json_queries(&dashboard, &mut exprs);
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&read(&repo("deploy/prometheus/rules.yml"))).expect("rules YAML");
+    for group in rules["groups"].as_sequence().expect("groups") {
+        for rule in group["rules"].as_sequence().expect("rules") {
+            exprs.push(rule["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    assert!(exprs.len() > 10, "found only {} queries: {exprs:?}", exprs.len());
+
+    let mut names = BTreeMap::new();
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("pgbackfill_") {
+            let boundary = !rest[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+            let tail = &rest[at..];
+            let len = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(tail.len());
+            let (name, after) = tail.split_at(len);
+            if boundary {
+                let by_job = after.starts_with('{') && after[..after.find('}').unwrap_or(0)].contains("job=~\"$job\"");
+                *names.entry(name.to_string()).or_insert(false) |= by_job;
+            }
+            rest = after;
+        }
+    }
+    names
+}
+
+/// Dashboard queries: panel targets' `expr` and the query variables' `query` (string or object).
+fn collect_json_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => collect_json_queries(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| collect_json_queries(item, out)),
+        _ => {}
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.0: the body, or None while the endpoint is not up.
+fn scrape(port: u16) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| body.to_string())
+}
+
+/// Sample names in an exposition, each with whether some sample of it has `job="<job>"`.
+fn exposed(body: &str, job: &str) -> BTreeMap<String, bool> {
+    let label = format!("job=\"{job}\"");
+    let mut out = BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = line[end..].split_once('}').map(|(l, _)| l).unwrap_or("");
+        *out.entry(line[..end].to_string()).or_insert(false) |= labels.contains(&label);
+    }
+    out
+}
+
+/// Names that are queried but not exposed (or exposed without the job's `job` label).
+fn missing(queried: &BTreeMap<String, bool>, scraped: &BTreeMap<String, bool>) -> Vec<String> {
+    queried
+        .iter()
+        .filter_map(|(name, by_job)| match scraped.get(name) {
+            None => Some(name.clone()),
+            Some(has_job) if *by_job && !has_job => Some(format!("{name} (no series with the job's `job` label)")),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// The dashboard and the alerts query only names a running daemon exposes. Names are read from
+/// the files, not listed here, so a renamed metric or a typo in a panel fails this test.
+#[tokio::test]
+async fn every_metric_the_dashboard_and_alerts_query_is_exposed() {
+    let queried = queried_metric_names();
+    assert!(queried.len() >= 8, "{queried:?}");
+
+    let cluster = common::cluster().await;
+    let db = cluster.new_database().await;
+    let pool: PgPool = db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT g FROM generate_series(1, 2000) g;",
+    )
+    .execute(&pool)
+    .await
+    .expect("create t");
+    let jobs = JobsDir::new();
+    // Small batches with a pause: the job stays running for a few seconds, long enough to be
+    // scraped with batches behind it.
+    jobs.write(
+        "scraped",
+        "name: scraped\ntable: t\nset: {n: n + 1}\nwhere: n = 0\nbatch: {size: 100, pause: 200ms}\nthrottle: {max_lag: 30s}\n",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&db.url, jobs.path(), &["--metrics-addr", &addr]);
+    wait_state(&pool, "scraped", "running", DEADLINE, Some(&daemon)).await;
+
+    // Poll: the throttle's first measurement and the first batches land within a few seconds.
+    let start = Instant::now();
+    let mut gaps;
+    let mut last = String::new();
+    loop {
+        if let Some(body) = scrape(port) {
+            gaps = missing(&queried, &exposed(&body, "scraped"));
+            last = body;
+        } else {
+            gaps = vec!["(no answer from /metrics)".to_string()];
+        }
+        if gaps.is_empty() || start.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        gaps.is_empty(),
+        "the dashboard or the alerts query names a live daemon does not expose: {gaps:?}\n\
+         queried: {:?}\nscrape:\n{last}\ndaemon log:\n{}",
+        queried.keys().collect::<Vec<_>>(),
+        daemon.log()
+    );
 }
