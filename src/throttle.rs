@@ -55,6 +55,11 @@ pub struct Measurement {
     /// within a few polls rather than after a fixed time that may exceed `max_lag`.
     #[serde(skip)]
     pub valid_for: Duration,
+    /// The primary's WAL positions over time, from just before the slowest standby's replay
+    /// position: what a worker needs to turn its own fresh reading at batch start into a time lag
+    /// ([`Gate::veto`]).
+    #[serde(skip)]
+    pub history: Arc<LsnHistory>,
 }
 
 impl Measurement {
@@ -67,6 +72,7 @@ impl Measurement {
             oldest_transaction_seconds: None,
             error: Some("no replication lag measurement yet".into()),
             valid_for: MAX_MEASUREMENT_AGE,
+            history: Arc::default(),
         }
     }
 
@@ -158,6 +164,55 @@ impl Gate {
                 Decision::Go { scale: self.rate }
             }
         }
+    }
+
+    /// The check at the start of a batch, on a reading taken inside the batch's transaction: the
+    /// controller's measurement (`m`, which let the job go) with each standby's byte and time lag
+    /// replaced by the fresh reading's. Some(wait) when any limit is crossed: the batch must not
+    /// run. Only vetoes; the rate and the hysteresis stay the controller's business.
+    pub fn veto(&self, m: &Measurement, fresh: &FreshLag) -> Option<Decision> {
+        let mut history = (*m.history).clone();
+        history.record(fresh.at, fresh.current);
+        let mut now = m.clone();
+        now.at = fresh.at;
+        for s in &mut now.standbys {
+            let Some((_, replay, replay_lag)) = fresh.standbys.iter().find(|f| f.0 == s.name) else { continue };
+            let lag_bytes = fresh.current.saturating_sub(*replay) as i64;
+            s.lag_bytes = Some(lag_bytes);
+            match standby_lag(lag_bytes, *replay_lag, history.lag(*replay, fresh.at)) {
+                Ok(lag) => s.lag_seconds = Some(lag),
+                Err(why) => {
+                    s.lag_seconds = None;
+                    s.unknown = Some(why);
+                }
+            }
+        }
+        // A standby that connected since the controller's poll counts too.
+        for (name, replay, replay_lag) in &fresh.standbys {
+            if now.standbys.iter().any(|s| &s.name == name) {
+                continue;
+            }
+            let lag_bytes = fresh.current.saturating_sub(*replay) as i64;
+            let lag = standby_lag(lag_bytes, *replay_lag, history.lag(*replay, fresh.at));
+            now.standbys.push(Standby {
+                name: name.clone(),
+                lag_seconds: lag.as_ref().ok().copied(),
+                lag_bytes: Some(lag_bytes),
+                streaming: true,
+                unknown: lag.err(),
+            });
+        }
+        match self.evaluate(&now) {
+            wait @ Decision::Wait { .. } => Some(wait),
+            Decision::Go { .. } => None,
+        }
+    }
+
+    /// A batch's own reading crossed a limit ([`Gate::veto`]): throttled, as if the controller
+    /// had said so, so the job resumes only under the resume levels.
+    pub fn hold(&mut self) {
+        self.throttled = true;
+        self.rate = RESTART_RATE;
     }
 
     fn evaluate(&self, m: &Measurement) -> Decision {
@@ -338,7 +393,7 @@ impl ControllerConfig {
 
 /// The primary's WAL position over time, to turn a standby's replay position into a time lag that
 /// needs only the primary's clock: "how long ago was the primary where the standby is now?"
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LsnHistory {
     samples: std::collections::VecDeque<(Instant, u64)>,
 }
@@ -352,6 +407,16 @@ impl LsnHistory {
             self.samples.pop_front();
         }
         self.samples.push_back((at, lsn));
+    }
+
+    /// The samples from the last one at or before `lsn` on: enough to interpolate the time lag of
+    /// any standby that has replayed at least up to `lsn`. Just the newest sample when `lsn` is None.
+    pub fn since(&self, lsn: Option<u64>) -> LsnHistory {
+        let from = match lsn {
+            Some(lsn) => self.samples.iter().rposition(|&(_, l)| l <= lsn).unwrap_or(0),
+            None => self.samples.len().saturating_sub(1),
+        };
+        LsnHistory { samples: self.samples.iter().skip(from).copied().collect() }
     }
 
     /// Time lag of a standby that has replayed up to `replay`, as of `now`. `None` when the history
@@ -532,6 +597,45 @@ async fn poll_with_timeout(
     }
 }
 
+/// How a standby is named, in every reading of `pg_stat_replication`.
+const STANDBY_NAME: &str =
+    "coalesce(nullif(application_name, ''), 'pid ' || pid) || coalesce(' (' || host(client_addr) || ')', '')";
+
+/// A reading of replica lag taken by a worker at the start of its batch, on the batch's own
+/// connection, so that no batch starts on a measurement older than the previous commit.
+#[derive(Debug, Clone)]
+pub struct FreshLag {
+    pub at: Instant,
+    /// The primary's WAL position (bytes from 0/0).
+    pub current: u64,
+    /// Standbys that replay: name, replay position, `replay_lag` (seconds).
+    pub standbys: Vec<(String, u64, Option<f64>)>,
+}
+
+/// One round trip: the primary's position and every replaying standby's, as the controller reads
+/// them ([`try_measure`]). Without `pg_monitor` the positions are NULL and nothing is vetoed (the
+/// controller's measurement already holds every job then).
+pub async fn read_fresh_lag(conn: &mut sqlx::PgConnection) -> Result<FreshLag, sqlx::Error> {
+    type Row = (f64, Option<Vec<String>>, Option<Vec<f64>>, Option<Vec<Option<f64>>>);
+    let (current, names, replays, lags): Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8, \
+                (SELECT array_agg({STANDBY_NAME} ORDER BY pid) FROM pg_stat_replication WHERE replay_lsn IS NOT NULL), \
+                (SELECT array_agg(pg_wal_lsn_diff(replay_lsn, '0/0')::float8 ORDER BY pid) FROM pg_stat_replication WHERE replay_lsn IS NOT NULL), \
+                (SELECT array_agg(extract(epoch FROM replay_lag)::float8 ORDER BY pid) FROM pg_stat_replication WHERE replay_lsn IS NOT NULL)"
+    )))
+    .fetch_one(conn)
+    .await?;
+    let at = Instant::now();
+    let (names, replays, lags) = (names.unwrap_or_default(), replays.unwrap_or_default(), lags.unwrap_or_default());
+    let standbys = names
+        .into_iter()
+        .zip(replays)
+        .zip(lags.into_iter().chain(std::iter::repeat(None)))
+        .map(|((name, replay), lag)| (name, replay as u64, lag))
+        .collect();
+    Ok(FreshLag { at, current: current as u64, standbys })
+}
+
 /// pid, name, state, replay position, `replay_lag`, `reply_time` (epoch seconds).
 type ReplicationRow = (i32, String, Option<String>, Option<f64>, Option<f64>, Option<f64>);
 
@@ -586,14 +690,14 @@ async fn try_measure(
         sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8").fetch_one(&mut *conn).await?;
     let now = Instant::now();
     tracker.history.record(now, current as u64);
-    let rows: Vec<ReplicationRow> = sqlx::query_as(
-        "SELECT pid, coalesce(nullif(application_name, ''), 'pid ' || pid) || coalesce(' (' || host(client_addr) || ')', ''), \
-                state, pg_wal_lsn_diff(replay_lsn, '0/0')::float8, extract(epoch FROM replay_lag)::float8, \
-                extract(epoch FROM reply_time)::float8 \
-         FROM pg_stat_replication ORDER BY 2, 1",
-    )
+    let rows: Vec<ReplicationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT pid, {STANDBY_NAME}, state, pg_wal_lsn_diff(replay_lsn, '0/0')::float8, \
+                extract(epoch FROM replay_lag)::float8, extract(epoch FROM reply_time)::float8 \
+         FROM pg_stat_replication ORDER BY 2, 1"
+    )))
     .fetch_all(&mut *conn)
     .await?;
+    let slowest = rows.iter().filter_map(|r| r.3).fold(None, |min: Option<f64>, r| Some(min.map_or(r, |m| m.min(r))));
     let pids: Vec<i32> = rows.iter().map(|r| r.0).collect();
     tracker.replies.retain(|pid, _| pids.contains(pid));
     let mut standbys = Vec::new();
@@ -645,6 +749,7 @@ async fn try_measure(
         oldest_transaction_seconds: oldest,
         error: None,
         valid_for: cfg.measurement_valid_for(),
+        history: Arc::new(tracker.history.since(slowest.map(|r| r as u64))),
     })
 }
 
@@ -797,6 +902,7 @@ mod tests {
             oldest_transaction_seconds: None,
             error: None,
             valid_for: Duration::from_secs(3),
+            history: Arc::default(),
         }
     }
 
@@ -902,6 +1008,7 @@ mod tests {
             oldest_transaction_seconds: None,
             error: None,
             valid_for: Duration::from_secs(3),
+            history: Arc::default(),
         };
         assert!(
             matches!(Gate::new(ThrottleSpec::default()).decide(&m), Decision::Wait { reason, .. } if reason.contains("disconnected"))
@@ -914,5 +1021,45 @@ mod tests {
         let mut t = Tracker::default();
         assert!(t.missing_standbys(&["s1".into()], t0, Duration::ZERO).is_empty());
         assert!(t.missing_standbys(&[], t0 + Duration::from_millis(1), Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_fresh_reading_vetoes_the_batch_the_last_poll_let_go() {
+        let t0 = Instant::now();
+        let mut h = LsnHistory::default();
+        for i in 0..5u64 {
+            h.record(t0 + Duration::from_secs(i), 1_000_000 * (i + 1));
+        }
+        let mut polled = measured(0.0, 0);
+        polled.at = t0 + Duration::from_secs(4);
+        polled.history = Arc::new(h.since(Some(5_000_000)));
+        assert_eq!(polled.history.samples.len(), 1);
+        polled.history = Arc::new(h.since(Some(2_500_000)));
+        assert_eq!(polled.history.samples.len(), 4, "from the sample at or before the slowest standby");
+        let gate = Gate::new(ThrottleSpec { max_lag_bytes: Some(bytesize::ByteSize::mb(2)), ..spec() });
+        let fresh = |current: u64, replay: u64, lag: Option<f64>, at: Instant| FreshLag {
+            at,
+            current,
+            standbys: vec![("s1".into(), replay, lag)],
+        };
+        // Caught up: go.
+        assert_eq!(gate.veto(&polled, &fresh(5_000_000, 5_000_000, None, t0 + Duration::from_secs(4))), None);
+        // The standby stopped replaying at 2 MB while the primary wrote on: bytes over 2 MB.
+        let v = gate.veto(&polled, &fresh(5_000_000, 2_000_000, Some(0.1), t0 + Duration::from_secs(4)));
+        assert!(matches!(&v, Some(Decision::Wait { signal, .. }) if signal == "bytes:s1"), "{v:?}");
+        // Time lag from the primary's own history: the primary was at 2.5 MB at t0+1.5s, so at
+        // t0+12s the standby is 10.5 s behind (max_lag 10s), however small replay_lag still looks.
+        let gate = Gate::new(spec());
+        let v = gate.veto(&polled, &fresh(5_000_000, 2_500_000, Some(0.5), t0 + Duration::from_secs(12)));
+        assert!(
+            matches!(&v, Some(Decision::Wait { signal, reason, .. }) if signal == "lag:s1" && reason.contains("10.5s")),
+            "{v:?}"
+        );
+        assert_eq!(gate.veto(&polled, &fresh(5_000_000, 2_500_000, Some(0.5), t0 + Duration::from_secs(10))), None);
+        // A standby the controller has not seen yet counts too.
+        let mut none = polled.clone();
+        none.standbys.clear();
+        let gate = Gate::new(ThrottleSpec { max_lag_bytes: Some(bytesize::ByteSize::mb(2)), ..spec() });
+        assert!(gate.veto(&none, &fresh(5_000_000, 2_000_000, Some(0.1), t0 + Duration::from_secs(4))).is_some());
     }
 }

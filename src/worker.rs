@@ -20,7 +20,7 @@ use crate::retry::{self, Backoff, Disposition};
 use crate::schedule::Schedule;
 use crate::sizer::Sizer;
 use crate::spec::JobSpec;
-use crate::throttle::{Decision, Gate, Measurements};
+use crate::throttle::{self, Decision, Gate, Measurements};
 
 /// A job ready to run: spec, catalog resolution and generated SQL, shared by its range workers.
 #[derive(Debug)]
@@ -77,9 +77,19 @@ pub struct Context {
 }
 
 enum Step {
-    Advanced { scanned: i64, updated: i64, done: bool },
+    Advanced {
+        scanned: i64,
+        updated: i64,
+        done: bool,
+    },
     NotRunning(State),
     Lost,
+    /// The lag read at the start of the batch crossed a limit: nothing was written.
+    Held {
+        reason: String,
+        signal: String,
+        kind: ThrottleReason,
+    },
 }
 
 /// Walk one claimed range.
@@ -92,13 +102,18 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     let mut throttle = ThrottleClock::default();
     let mut timeouts_at_min = 0u32;
+    // Set when a batch's own lag reading held it: the controller's measurements from before that
+    // reading are not trusted to let the next batch go.
+    let mut held: Option<Held> = None;
     tracing::info!(job = %name, range = claim.range_no, epoch = claim.epoch, "range claimed");
 
     let outcome = loop {
         if cancel.is_cancelled() {
             break RangeOutcome::Stopped;
         }
-        let Some(scale) = wait_for_gate(&ctx, &job, &mut gate, &mut measurements, &mut throttle, &cancel).await else {
+        let Some(scale) =
+            wait_for_gate(&ctx, &job, &mut gate, &mut measurements, &mut throttle, held.take(), &cancel).await
+        else {
             break RangeOutcome::Stopped;
         };
         let limit = sizer.size();
@@ -108,7 +123,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         // Dropping the attempt is safe: the batch rolls back and the cursor is re-read next time.
         let t = &job.spec.timeouts;
         let bound = t.lock + t.statement + batch::IDLE_IN_BATCH_TIMEOUT;
-        let attempt = match tokio::time::timeout(bound, one_batch(&ctx, &job, &claim, limit)).await {
+        let attempt = match tokio::time::timeout(bound, one_batch(&ctx, &job, &gate, &claim, limit)).await {
             Ok(result) => result,
             Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -138,6 +153,11 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                 if !rest.is_zero() && sleep_or_cancel(rest, &cancel).await {
                     break RangeOutcome::Stopped;
                 }
+            }
+            Ok(Step::Held { reason, signal, kind }) => {
+                tracing::debug!(job = %name, range = claim.range_no, reason = %reason, "held by the lag read at batch start");
+                gate.hold();
+                held = Some(Held { at: Instant::now(), reason, signal, kind });
             }
             Ok(Step::NotRunning(state)) => break RangeOutcome::NotRunning(state),
             Ok(Step::Lost) => break RangeOutcome::Lost,
@@ -202,7 +222,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
 }
 
 /// One batch transaction. Errors are returned for the caller to classify.
-async fn one_batch(ctx: &Context, job: &Job, claim: &Claim, limit: i64) -> Result<Step, sqlx::Error> {
+async fn one_batch(ctx: &Context, job: &Job, gate: &Gate, claim: &Claim, limit: i64) -> Result<Step, sqlx::Error> {
     let t = &job.spec.timeouts;
     let mut tx = batch::begin(&ctx.pool, t.lock, t.statement).await?;
     let Some(locked) = ctx.progress.lock_range(&mut tx, claim).await.map_err(db_error)? else {
@@ -214,6 +234,14 @@ async fn one_batch(ctx: &Context, job: &Job, claim: &Claim, limit: i64) -> Resul
     }
     if locked.done {
         return Ok(Step::Advanced { scanned: 0, updated: 0, done: true });
+    }
+    // The gate let this batch go on the controller's last poll, which may be up to a poll interval
+    // old: several batches could commit on it after the lag crossed a limit. Read the lag again
+    // now, after the previous batch committed, so at most the batch in flight commits past it.
+    let fresh = throttle::read_fresh_lag(&mut tx).await?;
+    let measurement = ctx.measurements.borrow().clone();
+    if let Some(Decision::Wait { reason, signal, kind }) = gate.veto(&measurement, &fresh) {
+        return Ok(Step::Held { reason, signal, kind });
     }
     let result = batch::execute(&mut tx, &job.statements, locked.cursor.as_ref(), &locked.upper_bound, limit).await?;
     let done = result.scanned < limit || result.cursor.as_ref() == Some(&locked.upper_bound);
@@ -280,24 +308,40 @@ impl ThrottleClock {
     }
 }
 
-/// Wait until the gate lets a batch through. `None` on cancellation.
+/// A batch held by its own lag reading ([`Gate::veto`]).
+struct Held {
+    at: Instant,
+    reason: String,
+    signal: String,
+    kind: ThrottleReason,
+}
+
+/// Wait until the gate lets a batch through. `None` on cancellation. After a batch was `held`, only
+/// a measurement the controller took after it may let the next one go.
 async fn wait_for_gate(
     ctx: &Context,
     job: &Job,
     gate: &mut Gate,
     measurements: &mut Measurements,
     clock: &mut ThrottleClock,
+    mut held: Option<Held>,
     cancel: &CancellationToken,
 ) -> Option<f64> {
     let name = job.name();
     loop {
         let measurement = measurements.borrow_and_update().clone();
         // Outside its schedule windows a job is held like a throttle (signal `schedule`).
-        let decision = match job.schedule.as_ref().and_then(|s| s.closed(chrono::Utc::now())) {
-            Some(closed) => {
+        let decision = match (job.schedule.as_ref().and_then(|s| s.closed(chrono::Utc::now())), &held) {
+            (Some(closed), _) => {
                 Decision::Wait { reason: closed.reason, signal: "schedule".into(), kind: ThrottleReason::Schedule }
             }
-            None => gate.decide(&measurement),
+            (None, Some(h)) if measurement.at <= h.at => {
+                Decision::Wait { reason: h.reason.clone(), signal: h.signal.clone(), kind: h.kind }
+            }
+            (None, _) => {
+                held = None;
+                gate.decide(&measurement)
+            }
         };
         match decision {
             Decision::Go { scale } => {

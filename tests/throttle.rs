@@ -466,3 +466,77 @@ async fn a_disconnected_standby_holds_jobs_until_it_returns() {
     let reason = standby_outage_holds_the_job("gone", "  max_lag: 10s\n", "disconnected").await;
     assert!(reason.contains("lag unknown"), "{reason}");
 }
+
+/// Issue 9: the throttle reacts within one batch. The lag poll runs only once a second here (the
+/// default), yet once the standby's byte lag crosses `max_lag_bytes` — which the test sees for
+/// itself on the primary, in the same snapshot as the batch counter — at most the batch in flight
+/// commits: each batch reads the lag again on its own connection before it writes. Resuming still
+/// takes at most a poll interval plus the standby's reply interval, and every row is updated
+/// exactly once (`n + 1` would show a repeat).
+#[tokio::test]
+async fn at_most_the_batch_in_flight_commits_after_the_lag_crosses_its_limit() {
+    const BATCH: i64 = 2_000;
+    let c = dedicated_cluster().await;
+    let db = c.new_database().await;
+    let pool = db.pool().await;
+    sqlx::query("CREATE TABLE counted (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0, pad text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO counted SELECT g, 0, repeat('x', 200) FROM generate_series(1, 300000) g")
+        .execute(&pool)
+        .await
+        .unwrap();
+    db.wait_on_standby().await;
+    let jobs = JobsDir::new();
+    jobs.write(
+        "j",
+        &format!(
+            "name: react\ntable: counted\nset:\n  n: n + 1\n\
+             batch:\n  size: {BATCH}\n  min_size: {BATCH}\n  max_size: {BATCH}\n\
+             throttle:\n  max_lag: 1h\n  max_lag_bytes: 4MB\n"
+        ),
+    );
+    let daemon = Daemon::start(&db.url, jobs.path(), &["--lag-poll-interval", "1s"]);
+    wait_until(DEADLINE, "first batches", || async { counters(&pool, "react").await.batches >= 2 }).await;
+
+    c.pause_replay().await;
+    // The crossing, seen from the primary: byte lag and committed batches in one snapshot.
+    let limit = 4_000_000i64;
+    let start = Instant::now();
+    let (lag_at_cross, at_cross) = loop {
+        let (lag, batches, rows): (Option<i64>, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::int8 FROM pg_stat_replication), \
+                    coalesce(sum(batches), 0)::int8, coalesce(sum(rows_updated), 0)::int8 \
+             FROM pgbackfill.ranges WHERE job = 'react'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if lag.is_some_and(|l| l > limit) {
+            break (lag, Counters { batches, rows_updated: rows });
+        }
+        assert!(start.elapsed() < DEADLINE, "byte lag never crossed {limit}; log:\n{}", daemon.log());
+    };
+    let (reason, _) = wait_throttled(&pool, "react", "bytes behind", &daemon).await;
+    // Longer than a lag poll, so a batch let through by a stale poll would have committed by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = counters(&pool, "react").await;
+    eprintln!("crossing seen at {lag_at_cross:?} bytes, {at_cross:?}; {after:?} after; {reason}");
+    assert!(
+        after.batches <= at_cross.batches + 1 && after.rows_updated <= at_cross.rows_updated + BATCH,
+        "more than the batch in flight committed after the crossing: {at_cross:?} then {after:?}; log:\n{}",
+        daemon.log()
+    );
+    assert!(after.rows_updated < 300_000, "the job finished before the throttle could be tested");
+
+    let resumed_at = Instant::now();
+    c.resume_replay().await;
+    wait_batches_above(&pool, "react", after.batches, &daemon).await;
+    let latency = resumed_at.elapsed();
+    // Poll interval (1 s) + the standby's 1 s reply interval, plus 1.5 s for a loaded 2-core machine.
+    assert!(latency <= Duration::from_millis(3500), "resumed {latency:?} after replay resumed; log:\n{}", daemon.log());
+    wait_state(&pool, "react", "completed", DEADLINE, Some(&daemon)).await;
+    let wrong: i64 = sqlx::query_scalar("SELECT count(*) FROM counted WHERE n <> 1").fetch_one(&pool).await.unwrap();
+    assert_eq!(wrong, 0, "every row exactly once");
+}
