@@ -73,6 +73,9 @@ struct Supervisor {
     live: Arc<Mutex<HashMap<tokio::task::Id, Claim>>>,
     /// Jobs whose verification is running.
     finalizing: Arc<Mutex<HashSet<String>>>,
+    /// Signalled when a verification ends, so the loop looks at once instead of on its next scan
+    /// tick (with `--exit-when-done`, that tick was most of the time from the last batch to exit).
+    finalized: Arc<tokio::sync::Notify>,
     reported: HashSet<String>,
     /// Jobs whose metric series this process has declared (see [`JobMetrics::declare`]).
     declared: HashSet<String>,
@@ -102,6 +105,7 @@ pub async fn run(
         tasks: JoinSet::new(),
         live,
         finalizing: Arc::new(Mutex::new(HashSet::new())),
+        finalized: Arc::new(tokio::sync::Notify::new()),
         reported: HashSet::new(),
         declared: HashSet::new(),
     };
@@ -140,6 +144,7 @@ impl Supervisor {
             tokio::select! {
                 _ = self.cancel.cancelled() => return Outcome::Shutdown,
                 _ = tokio::time::sleep(self.cfg.scan_interval) => {}
+                _ = self.finalized.notified() => {}
                 Some(res) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     // A finished range may free a slot or complete a job: rescan now.
                     match res {
@@ -392,10 +397,11 @@ impl Supervisor {
         if !self.finalizing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.clone()) {
             return;
         }
-        let (ctx, finalizing) = (self.ctx.clone(), self.finalizing.clone());
+        let (ctx, finalizing, finalized) = (self.ctx.clone(), self.finalizing.clone(), self.finalized.clone());
         tokio::spawn(async move {
             finalize(&ctx, &job).await;
             finalizing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&name);
+            finalized.notify_one();
         });
     }
 }
