@@ -172,6 +172,7 @@ async fn demo(
         lease: Duration::from_secs(6),
         scan_interval: Duration::from_millis(250),
         exit_when_done: true,
+        heartbeat: Default::default(),
     };
     say(&format!("running the job (setup took {:.1}s) …", started.elapsed().as_secs_f64()));
     let job_started = Instant::now();

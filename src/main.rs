@@ -1,6 +1,5 @@
 //! The `pgbackfill` binary: parses the command line and wires the library's parts together.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,8 +11,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
 use pgbackfill::demo::{self, DemoError, DemoOptions};
+use pgbackfill::health::Liveness;
 use pgbackfill::progress::{Action, Progress};
-use pgbackfill::status::{JobStatus, StatusReport, render, render_replication};
+use pgbackfill::status::{self, render, render_replication};
 use pgbackfill::supervisor::{self, Outcome};
 use pgbackfill::throttle::{self, ControllerConfig};
 use pgbackfill::{check, db, http, spec};
@@ -144,7 +144,8 @@ struct RunArgs {
     /// How often the jobs directory and progress table are rescanned.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     scan_interval: Duration,
-    /// Address for /metrics and /healthz; empty to disable.
+    /// Address (HOST:PORT) for /metrics, /healthz, /readyz and /status; empty to disable. A port
+    /// that cannot be bound is a fatal error.
     #[arg(long, env = "PGBACKFILL_METRICS_ADDR", default_value = "0.0.0.0:8590")]
     metrics_addr: String,
 }
@@ -228,15 +229,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { db: database, json, name } => {
             let (pool, progress) = connect_progress(&database, "pgbackfill status").await?;
-            let rows = match &name {
-                Some(n) => progress.job(n).await?.into_iter().collect(),
-                None => progress.jobs().await?,
-            };
-            let jobs: Vec<JobStatus> = rows.iter().map(JobStatus::from_row).collect();
-            // A live snapshot of replication, as the daemons' throttle sees it right now.
-            let replication =
-                throttle::measure(&pool, &ControllerConfig::default(), &mut throttle::Tracker::default()).await;
-            let report = StatusReport { jobs, replication };
+            let report = status::report(&pool, &progress, name.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -292,19 +285,15 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.jobs.is_dir() {
         bail!("jobs directory {} does not exist", args.jobs.display());
     }
+    // Bind first: a daemon that cannot serve its probes and metrics must not start working unseen.
+    let listener = match args.metrics_addr.trim() {
+        "" => None,
+        addr => Some(http::bind(addr).await?),
+    };
     let cancel = CancellationToken::new();
     spawn_signal_handler(cancel.clone())?;
     let metrics = http::install_recorder()?;
-    if !args.metrics_addr.is_empty() {
-        let addr: SocketAddr =
-            args.metrics_addr.parse().with_context(|| format!("--metrics-addr {}", args.metrics_addr))?;
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http::serve(addr, metrics, c).await {
-                tracing::error!(error = %e, "metrics endpoint failed");
-            }
-        });
-    }
+    let liveness = Liveness::default();
     let url = args.db.require_url()?;
     let owner = owner_id();
     tracing::info!(database = %db::redact_url(&url), owner = %owner, jobs = %args.jobs.display(), "pgbackfill starting");
@@ -313,6 +302,16 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("connecting to {}", db::redact_url(&url)))?;
     let progress = Progress::new(pool.clone(), &args.db.schema);
+    if let Some(listener) = listener {
+        let state =
+            http::AppState { metrics, liveness: liveness.clone(), pool: pool.clone(), progress: progress.clone() };
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(listener, state, c).await {
+                tracing::error!(error = %e, "the HTTP endpoint failed: /healthz, /readyz, /status and /metrics are gone");
+            }
+        });
+    }
     // Start-up retries: the database may still be coming up next to us (sidecar start order).
     let mut delay = Duration::from_millis(500);
     loop {
@@ -334,6 +333,14 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             poll_interval: args.lag_poll_interval,
             max_reply_age: args.max_reply_age,
             forget_standby_after: args.forget_standby_after,
+            // One poll is bounded by its own timeout; allow two, so a slow machine is not "wedged".
+            heartbeat: liveness.watch(
+                "throttle",
+                args.lag_poll_interval,
+                ControllerConfig { poll_interval: args.lag_poll_interval, ..ControllerConfig::default() }
+                    .poll_timeout()
+                    * 2,
+            ),
         },
         cancel.clone(),
     );
@@ -345,6 +352,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         lease: args.lease,
         scan_interval: args.scan_interval,
         exit_when_done: args.exit_when_done,
+        // One job's step may wait on the pool twice (acquire timeout each) while the database is
+        // down: slow, not wedged.
+        heartbeat: liveness.watch("supervisor", args.scan_interval, db::ACQUIRE_TIMEOUT * 2),
     };
     let outcome = supervisor::run(cfg, pool, progress, measurements, cancel.clone()).await;
     cancel.cancel();

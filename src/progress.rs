@@ -218,6 +218,11 @@ pub struct Advance<'a> {
     pub batch_size: i64,
 }
 
+/// The schema version this build migrates to (the newest entry of `MIGRATIONS`).
+pub fn expected_version() -> i32 {
+    MIGRATIONS.iter().map(|(v, _)| *v).max().unwrap_or(0)
+}
+
 /// Handle on the progress schema. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -270,6 +275,19 @@ impl Progress {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The progress schema's version in the database: the newest applied migration (`None`: no
+    /// progress schema yet). Read-only, for readiness checks.
+    pub async fn schema_version(&self) -> Result<Option<i32>, ProgressError> {
+        let exists: bool =
+            sqlx::query_scalar(self.sql("SELECT to_regclass('{schema_literal}.migrations') IS NOT NULL"))
+                .fetch_one(&self.pool)
+                .await?;
+        if !exists {
+            return Ok(None);
+        }
+        Ok(sqlx::query_scalar(self.sql("SELECT max(version) FROM {schema}.migrations")).fetch_one(&self.pool).await?)
     }
 
     /// Record a job (new: pending), or check that an existing one still means the same thing.

@@ -2,14 +2,31 @@
 
 use serde::Serialize;
 
-use crate::progress::{JobRow, State};
-use crate::throttle::Measurement;
+use crate::progress::{JobRow, Progress, ProgressError, State};
+use crate::throttle::{self, ControllerConfig, Measurement};
 
 /// Everything `status` shows: the jobs, and replication as the throttle sees it now.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub jobs: Vec<JobStatus>,
     pub replication: Measurement,
+}
+
+/// The report `pgbackfill status --json` prints and `/status` serves: one function, so the two
+/// stay identical. `name`: only that job. Replication is a live snapshot, as the throttle would
+/// measure it now.
+pub async fn report(
+    pool: &sqlx::PgPool,
+    progress: &Progress,
+    name: Option<&str>,
+) -> Result<StatusReport, ProgressError> {
+    let rows = match name {
+        Some(n) => progress.job(n).await?.into_iter().collect(),
+        None => progress.jobs().await?,
+    };
+    let jobs: Vec<JobStatus> = rows.iter().map(JobStatus::from_row).collect();
+    let replication = throttle::measure(pool, &ControllerConfig::default(), &mut throttle::Tracker::default()).await;
+    Ok(StatusReport { jobs, replication })
 }
 
 /// One job's status, derived from its progress rows.

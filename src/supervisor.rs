@@ -40,6 +40,8 @@ pub struct Config {
     pub lease: Duration,
     pub scan_interval: Duration,
     pub exit_when_done: bool,
+    /// Stamped every scan and after each job considered, for `/healthz` (detached by default).
+    pub heartbeat: crate::health::Heartbeat,
 }
 
 /// How `run` ended.
@@ -110,6 +112,7 @@ pub async fn run(
         declared: HashSet::new(),
     };
     let outcome = sup.run().await;
+    sup.cfg.heartbeat.finished();
     // Drain: workers finish their batch in flight and release their ranges, within a bound.
     cancel.cancel();
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -135,6 +138,7 @@ pub async fn run(
 impl Supervisor {
     async fn run(&mut self) -> Outcome {
         loop {
+            self.cfg.heartbeat.beat();
             let done = self.scan().await;
             if let Some(outcome) = done
                 && self.tasks.is_empty()
@@ -197,7 +201,9 @@ impl Supervisor {
         let mut open = 0usize;
         for loaded in report.jobs {
             let name = loaded.spec.name.clone();
-            match self.consider(loaded.spec).await {
+            let considered = self.consider(loaded.spec).await;
+            self.cfg.heartbeat.beat();
+            match considered {
                 Ok(Some(state)) if state.is_terminal() => {
                     ended.insert(name, state);
                 }

@@ -364,6 +364,8 @@ pub struct ControllerConfig {
     /// for this long, its lag counts as unknown (fail closed) instead of the standby being ignored.
     /// Zero disables (a standby that leaves is forgotten at once).
     pub forget_standby_after: Duration,
+    /// Stamped after every poll, for `/healthz` (detached by default).
+    pub heartbeat: crate::health::Heartbeat,
 }
 
 impl Default for ControllerConfig {
@@ -372,6 +374,7 @@ impl Default for ControllerConfig {
             poll_interval: Duration::from_secs(1),
             max_reply_age: Duration::from_secs(30),
             forget_standby_after: Duration::from_secs(300),
+            heartbeat: crate::health::Heartbeat::default(),
         }
     }
 }
@@ -556,7 +559,7 @@ pub fn spawn_controller(
         let mut last_error: Option<String> = None;
         loop {
             let m = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
                 m = poll_with_timeout(measure(&pool, &cfg, &mut tracker), cfg.poll_timeout(), &cfg) => m,
             };
             published.publish(&m);
@@ -567,14 +570,17 @@ pub fn spawn_controller(
                 }
                 last_error = m.error.clone();
             }
+            // A poll that failed still completed: the loop is alive, the database is what is not.
+            cfg.heartbeat.beat();
             if tx.send(Arc::new(m)).is_err() {
-                return;
+                break;
             }
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(cfg.poll_interval) => {}
             }
         }
+        cfg.heartbeat.finished();
     });
     rx
 }
