@@ -179,7 +179,7 @@ async fn demo(
     let mut daemon =
         tokio::spawn(supervisor::run(cfg, pool.clone(), progress.clone(), measurements, job_cancel.clone()));
 
-    let driven = drive(cluster, opts, &progress, &mut daemon, cancel, job_started).await;
+    let driven = drive(cluster, &pool, opts, &progress, &mut daemon, cancel, job_started).await;
     // Whatever happened, stop the engine and let it drain before the cluster goes away.
     job_cancel.cancel();
     let outcome = daemon.await.ok();
@@ -251,6 +251,7 @@ async fn demo(
 /// the time the job spent throttled) once the supervisor has finished.
 async fn drive(
     cluster: &localpg::Cluster,
+    pool: &sqlx::PgPool,
     opts: &DemoOptions,
     progress: &Progress,
     daemon: &mut tokio::task::JoinHandle<Outcome>,
@@ -268,7 +269,7 @@ async fn drive(
     let mut last_print: Option<Instant> = None;
     loop {
         if daemon.is_finished() {
-            print_status(progress, opts, job_started).await?;
+            print_status(pool, progress, job_started).await?;
             return match phase {
                 Phase::Done { throttled_for } => Ok(throttled_for),
                 _ => Err(DemoError::Failed(
@@ -281,7 +282,7 @@ async fn drive(
         }
         let status = if last_print.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             last_print = Some(Instant::now());
-            print_status(progress, opts, job_started).await?
+            print_status(pool, progress, job_started).await?
         } else {
             progress.job(JOB).await?.map(|r| JobStatus::from_row(&r))
         };
@@ -334,30 +335,25 @@ async fn drive(
     }
 }
 
-/// One progress line, from the progress table through `status::JobStatus` (what `pgbackfill status`
-/// shows).
+/// The live view of `pgbackfill status --watch` for the demo's job (the same rendering function),
+/// prefixed with the time since the job started: its line, then per-standby lag.
 async fn print_status(
+    pool: &sqlx::PgPool,
     progress: &Progress,
-    opts: &DemoOptions,
     job_started: Instant,
 ) -> Result<Option<JobStatus>, DemoError> {
-    let status = progress.job(JOB).await?.map(|r| JobStatus::from_row(&r));
+    let report = crate::status::report(pool, progress, Some(JOB)).await?;
     let elapsed = job_started.elapsed().as_secs_f64();
-    match &status {
-        None => say(&format!("{elapsed:6.1}s  starting: registering the job, planning its key range")),
-        Some(s) => {
-            let pct = s.percent.map_or("-".into(), |p| format!("{p:.1}%"));
-            let rate = s.rows_per_second.map_or("-".into(), |r| format!("{r:.0}"));
-            let mut line = format!(
-                "{elapsed:6.1}s  {:<10} {:>9}/{} rows  {pct:>6}  {rate:>7} rows/s",
-                s.display_state(),
-                s.rows_updated,
-                opts.rows
-            );
-            if let Some(reason) = &s.throttled {
-                line.push_str(&format!("  throttled: {reason}"));
-            }
-            say(&line);
+    let status = report.jobs.first().cloned();
+    if status.is_none() {
+        say(&format!("{elapsed:6.1}s  starting: registering the job, planning its key range"));
+        return Ok(None);
+    }
+    for (i, line) in crate::status::render_live(&report).lines().enumerate() {
+        if i == 0 {
+            say(&format!("{elapsed:6.1}s  {line}"));
+        } else {
+            say(&format!("         {line}"));
         }
     }
     Ok(status)

@@ -77,8 +77,12 @@ enum Command {
     Status {
         #[command(flatten)]
         db: Database,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw every second (progress bar, rows/s, ETA, state, throttle reason, standby lag)
+        /// until Ctrl-C. The screen is cleared only on a terminal.
+        #[arg(long)]
+        watch: bool,
         /// Only this job.
         name: Option<String>,
     },
@@ -227,8 +231,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&spec::JobSpec::json_schema())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { db: database, json, name } => {
+        Command::Status { db: database, json, watch, name } => {
             let (pool, progress) = connect_progress(&database, "pgbackfill status").await?;
+            if watch {
+                return watch_status(&pool, &progress, name.as_deref()).await;
+            }
             let report = status::report(&pool, &progress, name.as_deref()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -260,6 +267,33 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+    }
+}
+
+/// `status --watch`: the live view every second until Ctrl-C. A failed refresh shows its error and
+/// the next one tries again: a watch left open should survive a database restart.
+async fn watch_status(pool: &sqlx::PgPool, progress: &Progress, name: Option<&str>) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let cancel = CancellationToken::new();
+    spawn_signal_handler(cancel.clone())?;
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let body = match status::report(pool, progress, name).await {
+            Ok(report) => status::render_live(&report),
+            Err(e) => format!("cannot refresh: {e}\n"),
+        };
+        let now = chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC");
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            // Clear the screen and home the cursor; piped output gets plain frames instead.
+            write!(out, "\x1b[2J\x1b[H")?;
+        }
+        write!(out, "pgbackfill status --watch  {now}  (Ctrl-C to quit)\n{body}\n")?;
+        out.flush()?;
+        drop(out);
+        if pgbackfill::worker::sleep_or_cancel(Duration::from_secs(1), &cancel).await {
+            return Ok(ExitCode::SUCCESS);
         }
     }
 }

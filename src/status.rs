@@ -180,3 +180,77 @@ pub fn render_replication(m: &Measurement) -> String {
     }
     out
 }
+
+/// Width of the progress bar in [`render_live`].
+const BAR: usize = 20;
+
+/// `[#########-----------]` for a percentage; dots when unknown.
+fn progress_bar(percent: Option<f64>) -> String {
+    match percent {
+        Some(p) => {
+            let filled = ((p.clamp(0.0, 100.0) / 100.0) * BAR as f64).round() as usize;
+            format!("[{}{}]", "#".repeat(filled), "-".repeat(BAR - filled))
+        }
+        None => format!("[{}]", ".".repeat(BAR)),
+    }
+}
+
+/// One job in the live view: state, progress bar, %, rows/s, ETA, rows, and what holds it.
+pub fn render_live_job(j: &JobStatus) -> String {
+    let pct = j.percent.map_or("-".into(), |p| format!("{p:.1}%"));
+    let rate = j.rows_per_second.map_or("-".into(), |r| format!("{r:.0}"));
+    let eta = j
+        .eta_seconds
+        .map_or("-".into(), |s| humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string());
+    let of = j.estimated_rows.map_or(String::new(), |e| format!("/~{e}"));
+    let mut line = format!(
+        "{:<28} {:<10} {} {pct:>6} {rate:>8} rows/s  ETA {eta:<10} {}{of} rows",
+        j.name,
+        j.display_state(),
+        progress_bar(j.percent),
+        j.rows_updated
+    );
+    if let Some(reason) = &j.throttled {
+        line.push_str(&format!("  throttled: {reason}"));
+    }
+    if let Some(e) = &j.last_error {
+        line.push_str(&format!("  last error: {e}"));
+    }
+    line.push('\n');
+    line
+}
+
+/// Per-standby lag on one line, for the live view.
+pub fn render_live_replication(m: &Measurement) -> String {
+    if let Some(e) = &m.error {
+        return format!("replication: lag unknown: {e}\n");
+    }
+    if m.standbys.is_empty() {
+        return "replication: no standbys connected\n".into();
+    }
+    let standbys: Vec<String> = m
+        .standbys
+        .iter()
+        .map(|s| {
+            let lag = s.lag_seconds.map_or("unknown".to_string(), |l| format!("{l:.1}s"));
+            let bytes =
+                s.lag_bytes.map_or("unknown".to_string(), |b| bytesize::ByteSize::b(b.max(0) as u64).to_string());
+            let state = if s.streaming { "" } else { ", not streaming" };
+            format!("{} lag {lag} ({bytes} behind{state})", s.name)
+        })
+        .collect();
+    format!("replication: {}\n", standbys.join("; "))
+}
+
+/// The live view of `status --watch` (and of the demo): a line per job, then per-standby lag.
+pub fn render_live(report: &StatusReport) -> String {
+    let mut out = String::new();
+    if report.jobs.is_empty() {
+        out.push_str("no jobs in the progress table\n");
+    }
+    for j in &report.jobs {
+        out.push_str(&render_live_job(j));
+    }
+    out.push_str(&render_live_replication(&report.replication));
+    out
+}

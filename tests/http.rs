@@ -372,3 +372,57 @@ async fn a_taken_metrics_port_is_fatal_and_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on nonsense (--metrics-addr)") && err.contains("HOST:PORT"), "{err}");
 }
+
+/// `status --watch` redraws every second: each frame has the job's state, a progress bar, %, rows/s,
+/// ETA and what holds it, and per-standby lag. Piped (not a terminal), frames follow each other
+/// without screen-clearing escape codes.
+#[tokio::test]
+async fn status_watch_redraws_every_second_with_bar_rate_eta_reason_and_standby_lag() {
+    let (db, pool) = database(1000).await;
+    sqlx::query("ANALYZE items").execute(&pool).await.unwrap();
+    db.wait_on_standby().await;
+    let jobs = JobsDir::new();
+    jobs.write("j", &spec("watched", HELD));
+    let daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_until(DEADLINE, "the job held by the throttle", || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT throttle_reason FROM pgbackfill.jobs WHERE name = 'watched'")
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+            .is_some()
+    })
+    .await;
+
+    let mut watch = std::process::Command::new(common::daemon::bin())
+        .args(["status", "--watch"])
+        .env("DATABASE_URL", &db.url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn status --watch");
+    let mut stdout = watch.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    // Three frames take a bit over two seconds; wait for them by polling the child, then stop it.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let _ = std::process::Command::new("kill").arg("-INT").arg(watch.id().to_string()).status();
+    let status = watch.wait().expect("wait for status --watch");
+    let out = reader.join().expect("reader");
+    assert!(status.success(), "Ctrl-C ends the watch cleanly: {status:?}\n{out}");
+    let frames = out.matches("pgbackfill status --watch").count();
+    assert!(frames >= 2, "{frames} frames in 3.5 s:\n{out}");
+    assert!(!out.contains('\u{1b}'), "no escape codes when piped:\n{out}");
+    let line = out.lines().find(|l| l.starts_with("watched")).unwrap_or_else(|| panic!("no job line:\n{out}"));
+    assert!(line.contains("throttled") && line.contains("[--------------------]"), "{line}");
+    assert!(line.contains("0.0%") && line.contains("rows/s") && line.contains("ETA"), "{line}");
+    assert!(line.contains("throttled: ") && line.contains("min_replicas"), "{line}");
+    assert!(out.contains("replication: ") && out.contains(" lag ") && out.contains("behind"), "{out}");
+    drop(daemon);
+}
