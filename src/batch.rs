@@ -32,6 +32,11 @@ pub struct Target {
     /// Column -> SQL expression, as the operator wrote it.
     pub set: BTreeMap<String, String>,
     pub where_: Option<String>,
+    /// Schema of the key comparison operators: that of the key index's operator classes
+    /// (`pg_catalog` for built-in types). Every comparison the builder emits names it,
+    /// `OPERATOR("pg_catalog".>)`, so no operator another role created in a schema on the
+    /// `search_path` can stand in for it (CVE-2018-1058; see `db::pin_session`).
+    pub operator_schema: String,
 }
 
 /// A key value: one text form per key column.
@@ -80,6 +85,11 @@ impl Target {
         format!("({})", items.join(", "))
     }
 
+    /// A key comparison operator, schema-qualified.
+    fn op(&self, op: &str) -> String {
+        format!("OPERATOR({}.{op})", quote_ident(&self.operator_schema))
+    }
+
     fn row(&self) -> String {
         format!("({})", self.key_list(""))
     }
@@ -106,8 +116,8 @@ impl Target {
         let (lower_slice, lower_update, upper_param, limit_param) = if with_cursor {
             let lower = self.params(1);
             (
-                format!("{row} > {lower}\n      AND "),
-                format!("{row} > {lower}\n    AND "),
+                format!("{row} {gt} {lower}\n      AND ", gt = self.op(">")),
+                format!("{row} {gt} {lower}\n    AND ", gt = self.op(">")),
                 self.params(n + 1),
                 2 * n + 1,
             )
@@ -117,19 +127,20 @@ impl Target {
         format!(
             "WITH slice AS MATERIALIZED (\n\
              \x20   SELECT {keys} FROM {table}\n\
-             \x20   WHERE {lower_slice}{row} <= {upper_param}\n\
+             \x20   WHERE {lower_slice}{row} {le} {upper_param}\n\
              \x20   ORDER BY {keys} LIMIT ${limit_param}\n\
              ), last AS (\n\
              \x20   SELECT {keys} FROM slice ORDER BY {desc} LIMIT 1\n\
              ), updated AS (\n\
              \x20   UPDATE {table} SET {set}\n\
-             \x20   WHERE {lower_update}{row} <= (SELECT {keys} FROM last){filter}\n\
+             \x20   WHERE {lower_update}{row} {le} (SELECT {keys} FROM last){filter}\n\
              \x20   RETURNING 1\n\
              )\n\
              SELECT (SELECT count(*) FROM slice) AS scanned,\n\
              \x20      (SELECT count(*) FROM updated) AS updated,\n\
              \x20      (SELECT {cursor} FROM last) AS cursor",
             keys = self.key_list(""),
+            le = self.op("<="),
             desc = self.key_desc(),
             set = self.set_clause(),
             filter = self.where_clause(),
@@ -151,14 +162,21 @@ impl Target {
             next_batch: self.batch(true),
             max_key: format!("SELECT {} FROM {table} ORDER BY {} LIMIT 1", self.key_as_text_array(), self.key_desc()),
             leftover_after: format!(
-                "SELECT count(*) FROM {table} WHERE {row} > {} AND {row} <= {}{filter}",
+                "SELECT count(*) FROM {table} WHERE {row} {} {} AND {row} {} {}{filter}",
+                self.op(">"),
                 self.params(1),
+                self.op("<="),
                 self.params(n + 1)
             ),
-            leftover_from_start: format!("SELECT count(*) FROM {table} WHERE {row} <= {}{filter}", self.params(1)),
+            leftover_from_start: format!(
+                "SELECT count(*) FROM {table} WHERE {row} {} {}{filter}",
+                self.op("<="),
+                self.params(1)
+            ),
             ordered_keys: format!(
-                "SELECT {} FROM {table}{{sample}} WHERE {row} < {} ORDER BY {} LIMIT ${}",
+                "SELECT {} FROM {table}{{sample}} WHERE {row} {} {} ORDER BY {} LIMIT ${}",
                 self.key_as_text_array(),
+                self.op("<"),
                 self.params(1),
                 self.key_list(""),
                 n + 1
@@ -177,6 +195,7 @@ mod tests {
             key: vec![KeyColumn { name: "id".into(), sql_type: "bigint".into() }],
             set: BTreeMap::from([("fulfillment_channel".to_string(), "'web'".to_string())]),
             where_: Some("fulfillment_channel IS NULL".into()),
+            operator_schema: "pg_catalog".into(),
         }
     }
 
@@ -186,15 +205,15 @@ mod tests {
             orders().statements().next_batch,
             r#"WITH slice AS MATERIALIZED (
     SELECT "id" FROM "public"."orders"
-    WHERE ("id") > (CAST($1::text AS bigint))
-      AND ("id") <= (CAST($2::text AS bigint))
+    WHERE ("id") OPERATOR("pg_catalog".>) (CAST($1::text AS bigint))
+      AND ("id") OPERATOR("pg_catalog".<=) (CAST($2::text AS bigint))
     ORDER BY "id" LIMIT $3
 ), last AS (
     SELECT "id" FROM slice ORDER BY "id" DESC LIMIT 1
 ), updated AS (
     UPDATE "public"."orders" SET "fulfillment_channel" = ('web')
-    WHERE ("id") > (CAST($1::text AS bigint))
-    AND ("id") <= (SELECT "id" FROM last)
+    WHERE ("id") OPERATOR("pg_catalog".>) (CAST($1::text AS bigint))
+    AND ("id") OPERATOR("pg_catalog".<=) (SELECT "id" FROM last)
     AND CASE WHEN (fulfillment_channel IS NULL) THEN true ELSE false END
     RETURNING 1
 )
@@ -214,18 +233,19 @@ SELECT (SELECT count(*) FROM slice) AS scanned,
             ],
             set: BTreeMap::from([("total".to_string(), "qty * price".to_string()), ("a".to_string(), "1".to_string())]),
             where_: None,
+            operator_schema: "pg_catalog".into(),
         };
         assert_eq!(
             t.statements().first_batch,
             r#"WITH slice AS MATERIALIZED (
     SELECT "order_id", "line_no" FROM "Order ""Items"""
-    WHERE ("order_id", "line_no") <= (CAST($1::text AS uuid), CAST($2::text AS integer))
+    WHERE ("order_id", "line_no") OPERATOR("pg_catalog".<=) (CAST($1::text AS uuid), CAST($2::text AS integer))
     ORDER BY "order_id", "line_no" LIMIT $3
 ), last AS (
     SELECT "order_id", "line_no" FROM slice ORDER BY "order_id" DESC, "line_no" DESC LIMIT 1
 ), updated AS (
     UPDATE "Order ""Items""" SET "a" = (1), "total" = (qty * price)
-    WHERE ("order_id", "line_no") <= (SELECT "order_id", "line_no" FROM last)
+    WHERE ("order_id", "line_no") OPERATOR("pg_catalog".<=) (SELECT "order_id", "line_no" FROM last)
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM slice) AS scanned,
@@ -240,15 +260,15 @@ SELECT (SELECT count(*) FROM slice) AS scanned,
         assert_eq!(s.max_key, r#"SELECT ARRAY["id"::text] FROM "public"."orders" ORDER BY "id" DESC LIMIT 1"#);
         assert_eq!(
             s.leftover_after,
-            r#"SELECT count(*) FROM "public"."orders" WHERE ("id") > (CAST($1::text AS bigint)) AND ("id") <= (CAST($2::text AS bigint)) AND (fulfillment_channel IS NULL)"#
+            r#"SELECT count(*) FROM "public"."orders" WHERE ("id") OPERATOR("pg_catalog".>) (CAST($1::text AS bigint)) AND ("id") OPERATOR("pg_catalog".<=) (CAST($2::text AS bigint)) AND (fulfillment_channel IS NULL)"#
         );
         assert_eq!(
             s.leftover_from_start,
-            r#"SELECT count(*) FROM "public"."orders" WHERE ("id") <= (CAST($1::text AS bigint)) AND (fulfillment_channel IS NULL)"#
+            r#"SELECT count(*) FROM "public"."orders" WHERE ("id") OPERATOR("pg_catalog".<=) (CAST($1::text AS bigint)) AND (fulfillment_channel IS NULL)"#
         );
         assert_eq!(
             s.ordered_keys,
-            r#"SELECT ARRAY["id"::text] FROM "public"."orders"{sample} WHERE ("id") < (CAST($1::text AS bigint)) ORDER BY "id" LIMIT $2"#
+            r#"SELECT ARRAY["id"::text] FROM "public"."orders"{sample} WHERE ("id") OPERATOR("pg_catalog".<) (CAST($1::text AS bigint)) ORDER BY "id" LIMIT $2"#
         );
     }
 

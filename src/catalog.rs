@@ -209,6 +209,41 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Result<R
         }
     }
 
+    // The schema of the key index's comparison operators (`pg_catalog` for built-in types, the
+    // extension's schema for citext and the like), so the builder can name it in every comparison
+    // (see `Target::operator_schema`). One row comparison takes one operator name, so all key
+    // columns must compare with operators of one schema.
+    let mut operator_schema = String::from("pg_catalog");
+    if !key_index.is_empty() {
+        let schemas: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT n.nspname::text FROM pg_index i \
+             JOIN pg_class ic ON ic.oid = i.indexrelid \
+             CROSS JOIN LATERAL unnest(i.indclass::oid[]) AS c(opclass) \
+             JOIN pg_opclass oc ON oc.oid = c.opclass \
+             JOIN pg_amop ao ON ao.amopfamily = oc.opcfamily AND ao.amoplefttype = oc.opcintype \
+                AND ao.amoprighttype = oc.opcintype AND ao.amopstrategy IN (1, 2, 5) \
+             JOIN pg_operator o ON o.oid = ao.amopopr JOIN pg_namespace n ON n.oid = o.oprnamespace \
+             WHERE i.indrelid = $1::oid AND ic.relname = $2 ORDER BY 1",
+        )
+        .bind(oid)
+        .bind(&key_index)
+        .fetch_all(&mut *conn)
+        .await?;
+        match schemas.as_slice() {
+            [one] => operator_schema = one.clone(),
+            _ => findings.push(Finding::new(
+                "key",
+                format!(
+                    "the key columns compare with operators from {} schemas ({}); pgbackfill names one schema in \
+                     its key comparisons",
+                    schemas.len(),
+                    schemas.join(", ")
+                ),
+                "use a key whose column types' operators live in one schema (e.g. all built-in types)",
+            )),
+        }
+    }
+
     let mut set = BTreeMap::new();
     for (col, expr) in &spec.set {
         let field = format!("set.{col}");
@@ -256,7 +291,7 @@ pub async fn resolve(conn: &mut PgConnection, spec: &JobSpec) -> Result<Result<R
     if !findings.is_empty() {
         return Ok(Err(findings));
     }
-    let target = Target { table, key, set, where_: spec.where_.clone() };
+    let target = Target { table, key, set, where_: spec.where_.clone(), operator_schema };
     let meaning = meaning_of(&target);
     let fingerprint = hex::encode(Sha256::digest(meaning.to_string().as_bytes()));
     Ok(Ok(Resolved { target, key_index, estimated_rows: reltuples.max(0.0) as i64, meaning, fingerprint }))

@@ -1,14 +1,21 @@
 //! Connections: one place that decides how pgbackfill talks to PostgreSQL.
 //!
 //! Cursor values are stored as the key columns' text forms, so every session that writes or reads
-//! them must format values the same way: DateStyle, IntervalStyle, TimeZone and extra_float_digits
-//! are pinned here rather than inherited from the server or role defaults.
+//! them must format values the same way: DateStyle (ISO output), IntervalStyle, TimeZone and
+//! extra_float_digits are pinned here rather than inherited from the server or role defaults.
+//!
+//! Two more settings decide how the generated SQL *parses*, and are pinned for safety:
+//! `standard_conforming_strings = on` (the spec lexer reads quotes that way: with it off, `'\''` is a
+//! whole literal and a crafted `where` can close the batch statement's parentheses), and
+//! `search_path` with `pg_catalog` first (see [`pin_session`]). Every new connection is checked after
+//! connecting; a session where a pin did not take (a pooler in transaction mode that drops startup
+//! options) is refused rather than used.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::ConnectOptions;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 /// How long one `acquire` waits for a connection (including connect retries while the server
 /// refuses connections) before giving up.
@@ -23,11 +30,13 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// `idle_in_transaction_session_timeout` is deliberately *not* set here: each batch sets its own,
 /// scoped to its transaction, and a global value would also cut the progress table's sessions.
-pub const SESSION_OPTIONS: [(&str, &str); 7] = [
-    ("DateStyle", "ISO, YMD"),
+///
+/// DateStyle (`ISO, MDY`), TimeZone (`UTC`) and extra_float_digits are sent by sqlx itself as
+/// startup parameters, which PostgreSQL applies *after* these `-c` options: so they are set
+/// through sqlx ([`connect_options`]) and only checked here ([`pin_session`]).
+pub const SESSION_OPTIONS: [(&str, &str); 5] = [
+    ("standard_conforming_strings", "on"),
     ("IntervalStyle", "iso_8601"),
-    ("TimeZone", "UTC"),
-    ("extra_float_digits", "3"),
     ("tcp_keepalives_idle", "30"),
     ("tcp_keepalives_interval", "10"),
     ("tcp_keepalives_count", "3"),
@@ -38,14 +47,79 @@ pub fn connect_options(url: &str, application_name: &str) -> Result<PgConnectOpt
     let opts = PgConnectOptions::from_str(url)?
         .application_name(application_name)
         .options(SESSION_OPTIONS)
+        .extra_float_digits(3)
         // Statement logging at INFO would print every batch's SQL; keep sqlx's own log quiet.
         .log_statements(log::LevelFilter::Debug)
         .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(60));
     Ok(opts)
 }
 
+/// The startup options whose effect [`pin_session`] verifies (the keepalives are not visible on Unix
+/// sockets, and change nothing about how SQL parses or formats).
+const VERIFIED: [(&str, &str); 5] = [
+    ("standard_conforming_strings", "on"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "iso_8601"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+];
+
+/// Run on every new connection: put `pg_catalog` first in `search_path`, then check that every pin
+/// took effect. A session that does not have them is refused (the error names the setting).
+///
+/// Why `search_path` is *prepended to*, not replaced: a job's `table:` may be unqualified, and its
+/// `set`/`where` may call the operator's own functions unqualified, both resolved through the
+/// role's or database's `search_path` exactly as in the operator's own sessions. A fixed path in the
+/// startup packet would silently change what those names mean. What our generated SQL needs is
+/// different: the key comparisons (`(k) > cursor`) must never resolve to an operator someone else
+/// created. `pg_catalog` first does not guarantee that on its own: an operator whose argument types
+/// match exactly wins over a built-in that needs a cast, wherever it sits in the path
+/// (CVE-2018-1058; there is no built-in `varchar > varchar`). So `batch` also qualifies every
+/// operator it emits (`OPERATOR(pg_catalog.>)`, or the schema of the key index's operator class),
+/// and `pg_catalog` first covers the functions we call unqualified (`count`, `coalesce`…) and the
+/// progress tables' comparisons. Operators and functions *inside* a user's `set`/`where` still
+/// resolve through the user's path: README's security section says so.
+pub async fn pin_session(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let (path, scs, date_style, interval_style, time_zone, float_digits): (String, String, String, String, String, String) =
+        sqlx::query_as(
+            "SELECT set_config('search_path', concat_ws(', ', 'pg_catalog', \
+                    nullif(current_setting('search_path'), '')), false), \
+                    current_setting('standard_conforming_strings'), current_setting('DateStyle'), \
+                    current_setting('IntervalStyle'), current_setting('TimeZone'), current_setting('extra_float_digits')",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+    let got = [scs, date_style, interval_style, time_zone, float_digits];
+    let wrong: Vec<String> = VERIFIED
+        .iter()
+        .zip(&got)
+        .filter(|((_, want), got)| !want.eq_ignore_ascii_case(got))
+        .map(|((name, want), got)| format!("{name} is {got:?}, not {want:?}"))
+        .collect();
+    if !wrong.is_empty() {
+        return Err(sqlx::Error::Configuration(
+            format!(
+                "refusing this database session: the settings pgbackfill sends at connect did not take effect ({}); \
+                 a connection pooler in transaction or statement mode (PgBouncer) drops them: connect pgbackfill \
+                 directly to PostgreSQL or through a session-mode pool",
+                wrong.join(", ")
+            )
+            .into(),
+        ));
+    }
+    if !path.starts_with("pg_catalog") {
+        return Err(sqlx::Error::Configuration(
+            format!("refusing this database session: search_path is {path:?}").into(),
+        ));
+    }
+    Ok(())
+}
+
 fn pool_options(max_connections: u32) -> PgPoolOptions {
-    PgPoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT)
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|conn, _meta| Box::pin(pin_session(conn)))
 }
 
 /// A pool for a daemon or a CLI command.
@@ -82,10 +156,15 @@ pub async fn check_connection(pool: &PgPool, url: &str) -> Result<(), ConnectErr
         Ok(_) => return Ok(()),
         Err(sqlx::Error::PoolTimedOut) => {
             match tokio::time::timeout(ACQUIRE_TIMEOUT, pool.connect_options().connect()).await {
-                Ok(Ok(conn)) => {
-                    // The server came up in between: fine after all.
+                Ok(Ok(mut conn)) => {
+                    // The server came up in between (fine after all), or the session is refused
+                    // by the pins check, which the pool only logs: say so.
+                    let pinned = pin_session(&mut conn).await;
                     let _ = sqlx::Connection::close(conn).await;
-                    return Ok(());
+                    match pinned {
+                        Ok(()) => return Ok(()),
+                        Err(e) => e,
+                    }
                 }
                 Ok(Err(e)) => e,
                 Err(_) => sqlx::Error::PoolTimedOut,
@@ -173,7 +252,13 @@ mod tests {
     fn session_options() {
         let opts = connect_options("postgres://app@db/x", "t").unwrap();
         let sent = opts.get_options().unwrap();
-        for want in ["tcp_keepalives_idle=30", "tcp_keepalives_interval=10", "tcp_keepalives_count=3", "TimeZone=UTC"] {
+        for want in [
+            "standard_conforming_strings=on",
+            "tcp_keepalives_idle=30",
+            "tcp_keepalives_interval=10",
+            "tcp_keepalives_count=3",
+            "IntervalStyle=iso_8601",
+        ] {
             assert!(sent.contains(want), "{want} missing from {sent}");
         }
         assert!(!sent.contains("idle_in_transaction_session_timeout"), "{sent}");
