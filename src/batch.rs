@@ -351,3 +351,19 @@ pub async fn count(conn: &mut sqlx::PgConnection, sql: &str, values: &[&KeyValue
     }
     query.fetch_one(conn).await
 }
+
+/// Other sessions waiting on a lock this session holds, e.g. an application UPDATE queued behind a
+/// row the batch changed. Run after the batch's UPDATE, before COMMIT: the row locks are all still
+/// held, so whoever waited on one at any point of the batch is still waiting. `pg_blocking_pids`
+/// is only called for sessions that wait on a lock at all. Needs `pg_monitor` to see other roles'
+/// sessions (without it, the answer is 0 and batches are sized by time alone).
+pub async fn lock_waiters(conn: &mut sqlx::PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pid FROM pg_catalog.pg_stat_activity \
+             WHERE wait_event_type OPERATOR(pg_catalog.=) 'Lock' AND pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+             OFFSET 0) w \
+         WHERE pg_catalog.pg_backend_pid() OPERATOR(pg_catalog.=) ANY (pg_catalog.pg_blocking_pids(w.pid))",
+    )
+    .fetch_one(conn)
+    .await
+}

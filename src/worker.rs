@@ -77,10 +77,12 @@ pub struct Context {
 }
 
 enum Step {
+    /// `waiters`: other sessions waiting on the batch's row locks just before it committed.
     Advanced {
         scanned: i64,
         updated: i64,
         done: bool,
+        waiters: i64,
     },
     NotRunning(State),
     Lost,
@@ -116,7 +118,12 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         else {
             break RangeOutcome::Stopped;
         };
-        let limit = sizer.size();
+        // `throttle.max_rate`: no batch larger than a second of this worker's share of the rate.
+        let per_worker_rate = job.spec.throttle.max_rate.map(|r| r as f64 / job.spec.concurrency.max(1) as f64);
+        let limit = match per_worker_rate {
+            Some(rate) => sizer.size().min((rate.ceil() as i64).max(b.min_size).max(1)),
+            None => sizer.size(),
+        };
         job.metrics.set_batch_size(limit);
         let started = Instant::now();
         // A client-side bound too: on a half-open connection the server's timeouts never reach us.
@@ -131,7 +138,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
             ))),
         };
         match attempt {
-            Ok(Step::Advanced { scanned, updated, done }) => {
+            Ok(Step::Advanced { scanned, updated, done, waiters }) => {
                 let elapsed = started.elapsed();
                 timeouts_at_min = 0;
                 if backoff.attempts() > 0 {
@@ -140,16 +147,17 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                     let _ = ctx.progress.note_error(&name, None).await;
                 }
                 backoff.reset();
-                sizer.observe(scanned, elapsed);
+                sizer.observe(scanned, elapsed, waiters);
                 job.metrics.batch_committed(updated, scanned, elapsed);
-                tracing::debug!(job = %name, range = claim.range_no, scanned, updated, ms = elapsed.as_millis() as u64, "batch committed");
+                tracing::debug!(job = %name, range = claim.range_no, scanned, updated, waiters, ms = elapsed.as_millis() as u64, "batch committed");
                 if done {
                     break RangeOutcome::Done;
                 }
                 // The throttle's rate is a duty cycle: at scale s the worker spends s of its time in
                 // batches, so WAL (and replica apply work) per second falls with it. A smaller batch
                 // alone would not: batches would just come back to back.
-                let rest = b.pause + duty_cycle_rest(elapsed, scale);
+                let rest =
+                    (b.pause + duty_cycle_rest(elapsed, scale)).max(rate_rest(updated, elapsed, per_worker_rate));
                 if !rest.is_zero() && sleep_or_cancel(rest, &cancel).await {
                     break RangeOutcome::Stopped;
                 }
@@ -233,7 +241,7 @@ async fn one_batch(ctx: &Context, job: &Job, gate: &Gate, claim: &Claim, limit: 
         other => return Ok(Step::NotRunning(other)),
     }
     if locked.done {
-        return Ok(Step::Advanced { scanned: 0, updated: 0, done: true });
+        return Ok(Step::Advanced { scanned: 0, updated: 0, done: true, waiters: 0 });
     }
     // The gate let this batch go on the controller's last poll, which may be up to a poll interval
     // old: several batches could commit on it after the lag crossed a limit. Read the lag again
@@ -244,6 +252,8 @@ async fn one_batch(ctx: &Context, job: &Job, gate: &Gate, claim: &Claim, limit: 
         return Ok(Step::Held { reason, signal, kind });
     }
     let result = batch::execute(&mut tx, &job.statements, locked.cursor.as_ref(), &locked.upper_bound, limit).await?;
+    // Everyone waiting on our row locks is still waiting now: they are held until COMMIT.
+    let waiters = batch::lock_waiters(&mut tx).await?;
     let done = result.scanned < limit || result.cursor.as_ref() == Some(&locked.upper_bound);
     let step = Advance {
         cursor: result.cursor.as_ref(),
@@ -254,7 +264,7 @@ async fn one_batch(ctx: &Context, job: &Job, gate: &Gate, claim: &Claim, limit: 
     };
     ctx.progress.advance(&mut tx, claim, &step).await.map_err(db_error)?;
     tx.commit().await?;
-    Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done })
+    Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done, waiters })
 }
 
 fn db_error(e: ProgressError) -> sqlx::Error {
@@ -391,6 +401,14 @@ pub fn duty_cycle_rest(elapsed: Duration, scale: f64) -> Duration {
     elapsed.mul_f64(1.0 / scale - 1.0).min(Duration::from_secs(10))
 }
 
+/// The sleep after a batch that updated `rows` in `elapsed` so the worker stays under `rate` rows/s.
+pub fn rate_rest(rows: i64, elapsed: Duration, rate: Option<f64>) -> Duration {
+    match rate {
+        Some(rate) if rate > 0.0 && rows > 0 => Duration::from_secs_f64(rows as f64 / rate).saturating_sub(elapsed),
+        _ => Duration::ZERO,
+    }
+}
+
 /// Sleep unless cancelled first; true when cancelled.
 pub async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
@@ -401,7 +419,7 @@ pub async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::duty_cycle_rest;
+    use super::{duty_cycle_rest, rate_rest};
     use std::time::Duration;
 
     #[test]
@@ -411,5 +429,15 @@ mod tests {
         assert_eq!(duty_cycle_rest(ms(100), 0.5), ms(100));
         assert_eq!(duty_cycle_rest(ms(100), 0.1), ms(900));
         assert_eq!(duty_cycle_rest(Duration::from_secs(5), 0.1), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn max_rate() {
+        let ms = Duration::from_millis;
+        assert_eq!(rate_rest(1000, ms(100), None), Duration::ZERO);
+        // 1,000 rows at 2,000 rows/s take 500 ms: 400 ms to wait after a 100 ms batch.
+        assert_eq!(rate_rest(1000, ms(100), Some(2000.0)), ms(400));
+        assert_eq!(rate_rest(1000, ms(900), Some(2000.0)), Duration::ZERO);
+        assert_eq!(rate_rest(0, ms(1), Some(2000.0)), Duration::ZERO);
     }
 }

@@ -782,3 +782,91 @@ async fn the_password_never_appears_in_logs_status_or_metrics() {
     // The log does name the database, redacted.
     assert!(daemon.log().contains("postgres://postgres@127.0.0.1"), "{}", daemon.log());
 }
+
+// ----- issue 9: batches shrink while the application waits on their locks -----
+
+/// The batch size the range row recorded for the last batch.
+async fn last_batch_size(pool: &PgPool, job: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT batch_size FROM pgbackfill.ranges WHERE job = $1")
+        .bind(job)
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten()
+        .flatten()
+}
+
+/// Another session keeps updating rows just ahead of the job's cursor, one short transaction at a
+/// time, as an application touching recent rows would: it queues behind the batches' row locks, so
+/// batches must shrink (halved per batch somebody waited on). Once it stops, the batches grow back
+/// to their configured size. Every row is still updated exactly once.
+#[tokio::test]
+async fn batches_shrink_while_others_wait_on_their_locks_and_grow_back_after() {
+    const SIZE: i64 = 2_000;
+    let (db, pool) = database(
+        "CREATE TABLE hot (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0, hits int NOT NULL DEFAULT 0);
+         INSERT INTO hot (id) SELECT g FROM generate_series(1, 300000) g;",
+    )
+    .await;
+    let jobs = JobsDir::new();
+    jobs.write("hot", &spec("hot", "hot", SIZE, "  pause: 20ms\n"));
+    let daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_until(REACT, "full-size batches", || async { last_batch_size(&pool, "hot").await == Some(SIZE) }).await;
+
+    // The application: row `cursor + 20`, the next batch's, again and again.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let _ = sqlx::query(
+                    "UPDATE hot SET hits = hits + 1 WHERE id = (SELECT coalesce(cursor[1]::int8, 0) + 20 \
+                     FROM pgbackfill.ranges WHERE job = 'hot')",
+                )
+                .execute(&pool)
+                .await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    wait_until(REACT, "batches shrunk to a quarter or less", || async {
+        last_batch_size(&pool, "hot").await.is_some_and(|s| s <= SIZE / 4)
+    })
+    .await;
+    let shrunk = last_batch_size(&pool, "hot").await;
+    stop.cancel();
+    app.await.unwrap();
+    assert!(job_now(&pool, "hot").await.rows_updated < 300_000, "the job must still be running");
+
+    wait_until(REACT, "batches back to their configured size", || async {
+        last_batch_size(&pool, "hot").await == Some(SIZE)
+    })
+    .await;
+    eprintln!("batch size: {SIZE} → {shrunk:?} while the app waited → {SIZE} after");
+    wait_state(&pool, "hot", "completed", DEADLINE, Some(&daemon)).await;
+    assert_eq!(histogram(&pool, "hot").await, vec![(1, 300_000)]);
+}
+
+/// `throttle.max_rate` is a hard cap on rows per second, for the whole job (two ranges here).
+#[tokio::test]
+async fn max_rate_caps_rows_per_second() {
+    let (db, pool) = database(
+        "CREATE TABLE capped (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO capped (id) SELECT g FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    let jobs = JobsDir::new();
+    jobs.write("capped", &spec("capped", "capped", 1000, "throttle:\n  max_rate: 1000\nconcurrency: 2\n"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    assert_eq!(exit_of(&mut daemon).code(), Some(0), "log:\n{}", daemon.log());
+    let secs: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(r.updated_at) - min(j.started_at))::float8 \
+         FROM pgbackfill.jobs j JOIN pgbackfill.ranges r ON r.job = j.name WHERE j.name = 'capped'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // 3,000 rows at 1,000 rows/s: the last batch commits after at least ~2 s of waiting.
+    assert!(secs >= 1.8, "3,000 rows in {secs:.2}s is over max_rate 1000/s; log:\n{}", daemon.log());
+    assert_eq!(histogram(&pool, "capped").await, vec![(1, 3000)]);
+}

@@ -331,6 +331,8 @@ fn out_of_range_limits() {
     expect(&p, "throttle.max_lag", "is zero");
     expect(&p, "throttle.min_replicas", "must be 0 or more");
     expect(&p, "throttle.max_slot_retained_bytes", "is zero");
+    let p = problems(&with("throttle: {max_rate: 0}\n"));
+    expect(&p, "throttle.max_rate", "must be at least 1");
 }
 
 #[test]

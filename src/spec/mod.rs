@@ -140,6 +140,9 @@ pub struct ThrottleSpec {
     #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub max_transaction_age: Option<Duration>,
+    /// Hard cap on rows updated per second by the whole job (all its ranges together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<i64>,
 }
 
 fn default_timezone() -> String {
@@ -194,6 +197,7 @@ impl Default for ThrottleSpec {
             min_replicas: 0,
             max_slot_retained_bytes: None,
             max_transaction_age: None,
+            max_rate: None,
         }
     }
 }

@@ -364,6 +364,15 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(rate) = t.max_rate
+            && rate <= 0
+        {
+            self.push(
+                "throttle.max_rate",
+                format!("is {rate}, must be at least 1 (rows per second)"),
+                "write a positive number of rows per second such as `5000`, or remove it for no cap",
+            );
+        }
         if t.max_transaction_age.is_some_and(|age| age.is_zero()) {
             self.push(
                 "throttle.max_transaction_age",
