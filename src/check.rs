@@ -83,7 +83,8 @@ async fn check_online(
     out.table = Some(resolved.target.table.quoted());
     out.key = Some(resolved.target.key.iter().map(|k| k.name.clone()).collect());
     out.key_index = Some(resolved.key_index.clone());
-    let findings = check_statements(&mut tx, &resolved, spec, out).await?;
+    let mut findings = check_statements(&mut tx, &resolved, spec, out).await?;
+    findings.extend(crate::steps::check_catalog(&mut tx, spec, &resolved).await?);
     tx.rollback().await?;
     Ok(findings)
 }

@@ -16,6 +16,7 @@ pub mod schedule;
 pub mod sizer;
 pub mod spec;
 pub mod status;
+pub mod steps;
 pub mod supervisor;
 pub mod throttle;
 pub mod worker;

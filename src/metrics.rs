@@ -42,6 +42,8 @@ pub const SPEC_ERRORS: &str = "pgbackfill_spec_errors";
 pub const REPLICAS_STREAMING: &str = "pgbackfill_replicas_streaming";
 pub const OLDEST_TRANSACTION_SECONDS: &str = "pgbackfill_oldest_transaction_seconds";
 pub const LAG_MEASUREMENT_OK: &str = "pgbackfill_lag_measurement_ok";
+// ----- per `then` step of a job -----
+pub const STEP_STATE: &str = "pgbackfill_step_state";
 
 /// Label keys.
 pub const JOB: &str = "job";
@@ -77,10 +79,24 @@ pub const ALL: &[&str] = &[
     REPLICAS_STREAMING,
     OLDEST_TRANSACTION_SECONDS,
     LAG_MEASUREMENT_OK,
+    STEP_STATE,
 ];
 
 /// The `state` label values of [`JOB_STATE`]: exactly one is 1 for a loaded job.
 pub const JOB_STATES: &[&str] = &["pending", "running", "paused", "completed", "failed", "cancelled"];
+
+/// The `state` label values of [`STEP_STATE`] (`progress::StepState`): exactly one is 1 per step.
+pub const STEP_STATES: &[&str] = &["pending", "waiting", "running", "done", "failed"];
+
+/// `pgbackfill_step_state{job, step, state}` of one `then` step: 1 for `state`, 0 for the others.
+/// `step` is the step's label (`not_null(c):validate_check`), bounded by the spec.
+pub fn set_step_state(job: &str, step: &str, state: &str) {
+    debug_assert!(STEP_STATES.contains(&state), "step state {state} is not in metrics::STEP_STATES");
+    for s in STEP_STATES {
+        let labels = [(JOB, job.to_string()), ("step", step.to_string()), ("state", s.to_string())];
+        gauge!(STEP_STATE, &labels).set(if *s == state { 1.0 } else { 0.0 });
+    }
+}
 
 /// How a batch attempt ended: the `outcome` label of [`BATCHES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -404,6 +420,10 @@ pub fn describe() {
     describe_gauge!(REPLICAS_STREAMING, "Standbys in state streaming");
     describe_gauge!(OLDEST_TRANSACTION_SECONDS, Unit::Seconds, "Age of the oldest open transaction");
     describe_gauge!(LAG_MEASUREMENT_OK, "1 when the last lag measurement succeeded (0: the throttle fails closed)");
+    describe_gauge!(
+        STEP_STATE,
+        "1 for the state of each `then` step of a job (pending, waiting, running, done, failed)"
+    );
 
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let d = DaemonMetrics::get();

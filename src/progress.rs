@@ -24,6 +24,9 @@ use thiserror::Error;
 use crate::batch::KeyValue;
 use crate::ident::quote_ident;
 
+mod steps;
+pub use steps::{StepRow, StepState};
+
 /// Versioned migrations; `{schema}` is replaced by the quoted schema name. Never edit a released
 /// entry: append a new one.
 const MIGRATIONS: &[(i32, &str)] = &[
@@ -77,6 +80,26 @@ COMMENT ON SCHEMA {schema} IS 'pgbackfill progress: job state and keyset cursors
         r#"
 CREATE SEQUENCE {schema}.epochs;
 SELECT setval('{schema_literal}.epochs', greatest(1, (SELECT coalesce(max(epoch), 0) + 1 FROM {schema}.ranges)));
+"#,
+    ),
+    (
+        3,
+        // `then` steps (issue 11): one row per step of a completed job, keyed by the step's label so
+        // a step that is done stays done when the list around it changes.
+        r#"
+CREATE TABLE {schema}.steps (
+    job          text NOT NULL REFERENCES {schema}.jobs(name) ON DELETE CASCADE,
+    step         text NOT NULL,
+    step_no      integer NOT NULL,
+    state        text NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending','waiting','running','done','failed')),
+    attempts     integer NOT NULL DEFAULT 0,
+    detail       text,
+    started_at   timestamptz,
+    finished_at  timestamptz,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, step)
+);
 "#,
     ),
 ];
@@ -570,6 +593,14 @@ impl Progress {
                 .fetch_optional(&mut *tx)
                 .await?;
         let state = State::parse(&state.ok_or_else(|| ProgressError::NoSuchJob(name.to_string()))?);
+        // Resuming a completed job retries its failed `then` steps.
+        if action == Action::Resume && state == State::Completed {
+            tx.rollback().await?;
+            if self.retry_failed_steps(name).await? > 0 {
+                return Ok(state);
+            }
+            return Err(ProgressError::BadTransition { name: name.to_string(), state, action: action.verb() });
+        }
         let to = match (action, state) {
             (Action::Pause, State::Pending | State::Running) => State::Paused,
             (Action::Resume, State::Paused | State::Failed) => State::Running,

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::progress::{JobRow, Progress, ProgressError, State};
+use crate::progress::{JobRow, Progress, ProgressError, State, StepRow};
 use crate::throttle::{self, ControllerConfig, Measurement};
 
 /// Everything `status` shows: the jobs, and replication as the throttle sees it now.
@@ -24,7 +24,11 @@ pub async fn report(
         Some(n) => progress.job(n).await?.into_iter().collect(),
         None => progress.jobs().await?,
     };
-    let jobs: Vec<JobStatus> = rows.iter().map(JobStatus::from_row).collect();
+    let mut jobs: Vec<JobStatus> = rows.iter().map(JobStatus::from_row).collect();
+    let steps = progress.steps(name).await?;
+    for job in &mut jobs {
+        job.steps = steps.iter().filter(|s| s.job == job.name).cloned().collect();
+    }
     let replication = throttle::measure(pool, &ControllerConfig::default(), &mut throttle::Tracker::default()).await;
     Ok(StatusReport { jobs, replication })
 }
@@ -52,6 +56,9 @@ pub struct JobStatus {
     pub ranges_done: i64,
     pub owners: Vec<String>,
     pub last_error: Option<String>,
+    /// `then` steps, in order (filled by the caller: they live in their own table).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRow>,
 }
 
 impl JobStatus {
@@ -94,6 +101,7 @@ impl JobStatus {
             ranges_done: r.ranges_done,
             owners: r.owners.clone(),
             last_error: r.last_error.clone(),
+            steps: Vec::new(),
         }
     }
 
@@ -146,6 +154,20 @@ pub fn render(jobs: &[JobStatus]) -> String {
             eta,
             notes.join("; ")
         ));
+        out.push_str(&render_steps(&j.steps));
+    }
+    out
+}
+
+/// One line per `then` step under its job: state, attempts, and why it waits or failed.
+fn render_steps(steps: &[StepRow]) -> String {
+    let mut out = String::new();
+    for (i, s) in steps.iter().enumerate() {
+        let lead = if i == 0 { "  then" } else { "      " };
+        let attempts = if s.attempts > 1 { format!(" ({} attempts)", s.attempts) } else { String::new() };
+        // Why it waits, the DDL being sent, what was found, or the error and its fix.
+        let detail = s.detail.as_ref().map_or(String::new(), |d| format!("  {d}"));
+        out.push_str(&format!("{lead} {:<44} {}{attempts}{detail}\n", s.step, s.state));
     }
     out
 }
@@ -217,6 +239,7 @@ pub fn render_live_job(j: &JobStatus) -> String {
         line.push_str(&format!("  last error: {e}"));
     }
     line.push('\n');
+    line.push_str(&render_steps(&j.steps));
     line
 }
 

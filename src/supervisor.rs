@@ -81,6 +81,8 @@ struct Supervisor {
     reported: HashSet<String>,
     /// Jobs whose metric series this process has declared (see [`JobMetrics::declare`]).
     declared: HashSet<String>,
+    /// `then` steps of completed jobs.
+    steps: crate::steps::Runner,
 }
 
 /// How long shutdown waits for batches in flight before abandoning them. Abandoning is safe: a
@@ -110,6 +112,7 @@ pub async fn run(
         finalized: Arc::new(tokio::sync::Notify::new()),
         reported: HashSet::new(),
         declared: HashSet::new(),
+        steps: Default::default(),
     };
     let outcome = sup.run().await;
     sup.cfg.heartbeat.finished();
@@ -231,6 +234,9 @@ impl Supervisor {
                 }
             }
         }
+        if let Ok(steps) = self.ctx.progress.steps(None).await {
+            failed.extend(crate::steps::failed(&steps));
+        }
         failed.extend(invalid.into_iter().map(|n| format!("{n} (invalid)")));
         failed.sort();
         failed.dedup();
@@ -253,6 +259,7 @@ impl Supervisor {
         // Every series of the job exists from the moment it is loaded, before any batch.
         if self.declared.insert(name.clone()) {
             JobMetrics::declare(&name, spec.batch.size);
+            crate::steps::declare(&spec);
         }
         crate::metrics::set_job_max_lag(&name, spec.throttle.max_lag);
         // A tuning change restarts the job's workers so they pick up the new settings.
@@ -312,6 +319,10 @@ impl Supervisor {
             // on the throttle or sleeping between batches, which would only notice at their next batch.
             if let Some(active) = self.active.get(&name) {
                 active.cancel.cancel();
+            }
+            // A completed job with `then` steps still to run has not ended yet.
+            if row.state == State::Completed && self.steps.poll(&self.ctx, &job, &row, &self.cancel).await {
+                return Ok(None);
             }
             return Ok(Some(row.state));
         }

@@ -450,6 +450,10 @@ impl Reader<'_> {
                 "write it as a string; quote it if YAML would read it as a number, boolean or list: `\"...\"`"
                     .to_string(),
             ),
+            Kind::Other if path[0] == "then" => (
+                syntax_message(error),
+                "write each step as `- not_null: COLUMN` or `- validate_constraint: NAME`".to_string(),
+            ),
             Kind::Other => (error.to_string(), "see jobs/schema.json for what this field takes".to_string()),
         };
         self.report(field, message, hint);

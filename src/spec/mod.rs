@@ -57,6 +57,28 @@ pub struct JobSpec {
     /// Low-traffic windows: outside them the job is held like a throttle. Default: any time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
+    /// Steps run once, in order, after the job is completed and verified (no row still matches
+    /// `where`): `- not_null: COLUMN`, `- validate_constraint: NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<ThenStep>,
+    /// `SET lock_timeout` of every `then` DDL statement: a statement not granted its lock within it
+    /// gives up (and is retried later), so no session queues behind it for longer.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub then_lock_timeout: Duration,
+}
+
+/// One `then` step.
+// Deserialized by hand: serde_yaml reads externally tagged enums only from YAML tags (`!not_null c`),
+// and people write `- not_null: c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ThenStep {
+    /// Make COLUMN NOT NULL without a long lock: add a `CHECK (COLUMN IS NOT NULL) NOT VALID`,
+    /// validate it, `SET NOT NULL` (no table scan: the valid check proves it), drop the check.
+    NotNull(String),
+    /// `VALIDATE CONSTRAINT NAME`: a constraint added `NOT VALID` on the job's table.
+    ValidateConstraint(String),
 }
 
 /// When a job may write: windows on the wall clock of a time zone.
@@ -143,6 +165,24 @@ pub struct ThrottleSpec {
     /// Hard cap on rows updated per second by the whole job (all its ranges together).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for ThenStep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let map = BTreeMap::<String, String>::deserialize(d)?;
+        let mut entries = map.into_iter();
+        match (entries.next(), entries.next()) {
+            (Some((kind, name)), None) => match kind.as_str() {
+                "not_null" => Ok(ThenStep::NotNull(name)),
+                "validate_constraint" => Ok(ThenStep::ValidateConstraint(name)),
+                other => Err(D::Error::custom(format!(
+                    "unknown step `{other}`, expected `not_null` or `validate_constraint`"
+                ))),
+            },
+            _ => Err(D::Error::custom("a step is one `kind: name` pair")),
+        }
+    }
 }
 
 fn default_timezone() -> String {

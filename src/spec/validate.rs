@@ -98,6 +98,7 @@ impl JobSpec {
         if let Some(schedule) = &self.schedule {
             v.schedule(schedule);
         }
+        v.then(self);
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             v.push(
                 "concurrency",
@@ -384,6 +385,49 @@ impl Validator<'_> {
 }
 
 impl Validator<'_> {
+    fn then(&mut self, spec: &JobSpec) {
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for (i, step) in spec.then.iter().enumerate() {
+            let field = format!("then[{i}]");
+            let (kind, name, what) = match step {
+                super::ThenStep::NotNull(column) => {
+                    ("not_null", column, "a column name, e.g. `not_null: fulfillment_channel`")
+                }
+                super::ThenStep::ValidateConstraint(name) => (
+                    "validate_constraint",
+                    name,
+                    "a constraint name, e.g. `validate_constraint: orders_total_positive`",
+                ),
+            };
+            match ident::parse_ident(name) {
+                Ok(folded) => {
+                    let key = format!("{kind}:{folded}");
+                    if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                        self.push(
+                            field,
+                            format!("`{kind}: {name}` is listed twice (also then[{first}])"),
+                            "list each step once",
+                        );
+                    } else {
+                        seen.push((key, i));
+                    }
+                }
+                Err(e) => self.push(
+                    field,
+                    format!("`{kind}`: {e}"),
+                    format!("write {what}; double-quote names with capitals or special characters"),
+                ),
+            }
+        }
+        if spec.then_lock_timeout.is_zero() {
+            self.push(
+                "then_lock_timeout",
+                "is zero, which PostgreSQL reads as \"no timeout\": a DDL statement could queue every session behind it",
+                "write a short positive duration such as `2s`",
+            );
+        }
+    }
+
     fn schedule(&mut self, schedule: &super::ScheduleSpec) {
         if let Err(e) = crate::schedule::parse_timezone(&schedule.timezone) {
             self.push(
