@@ -88,7 +88,7 @@ enum Command {
     },
     /// Pause a job (daemons stop after their batch in flight).
     Pause(ControlArgs),
-    /// Resume a paused (or failed) job.
+    /// Resume a paused (or failed) job; for a completed job, retry its failed `then` steps.
     Resume(ControlArgs),
     /// Cancel a job for good.
     Cancel(ControlArgs),
