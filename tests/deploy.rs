@@ -23,6 +23,52 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The `pgbackfill` container (or native sidecar) of the workload in a manifest file.
+fn pgbackfill_container(manifest: &str) -> serde_yaml::Value {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&read(&repo(manifest))).unwrap_or_else(|e| panic!("{manifest}: {e}"));
+    let pod = &doc["spec"]["template"]["spec"];
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| pod[*list].as_sequence())
+        .flatten()
+        .find(|c| c["name"].as_str() == Some("pgbackfill"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{manifest}: no container named pgbackfill"))
+}
+
+/// The container's arguments for `Daemon::start`, which supplies `run` and `--jobs` itself:
+/// those are dropped, and `--metrics-addr=…` becomes `metrics_addr` when given. Everything else
+/// is passed as written, so a flag the binary does not accept fails the test.
+fn manifest_args(manifest: &str, metrics_addr: Option<&str>) -> Vec<String> {
+    let args: Vec<String> = pgbackfill_container(manifest)["args"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{manifest}: pgbackfill has no args"))
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect();
+    assert_eq!(args.first().map(String::as_str), Some("run"), "{manifest}: {args:?}");
+    // `--metrics-addr ADDR` as two words: Daemon::start recognises that form as overriding its own.
+    args.into_iter()
+        .skip(1)
+        .filter(|a| !a.starts_with("--jobs"))
+        .flat_map(|a| match (a.starts_with("--metrics-addr"), metrics_addr) {
+            (true, Some(addr)) => vec!["--metrics-addr".to_string(), addr.to_string()],
+            (true, None) => vec![],
+            (false, _) => vec![a],
+        })
+        .collect()
+}
+
+/// The HTTP paths of the container's probes.
+fn probe_paths(manifest: &str) -> Vec<String> {
+    let c = pgbackfill_container(manifest);
+    ["livenessProbe", "readinessProbe", "startupProbe"]
+        .iter()
+        .filter_map(|probe| c[*probe]["httpGet"]["path"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// The kustomize trees that ship job specs, each with its `jobs/` directory.
 const TREES: &[&str] = &["deploy/base", "deploy/examples/sidecar", "deploy/examples/job"];
 
@@ -59,8 +105,9 @@ fn shipped_job_specs_are_listed_in_their_kustomization_and_pass_check() {
     }
 }
 
-/// `deploy/sql/grants.sql`, run as it is, creates a role that can run the base tree's job from
-/// start to end: progress schema, lag measurement (pg_monitor), the batches, the verification.
+/// `deploy/sql/grants.sql`, run as it is, creates a role that can run the Job example (its spec,
+/// its arguments) from start to end: progress schema, lag measurement (pg_monitor), the batches,
+/// the verification, exit 0.
 #[tokio::test]
 async fn grants_sql_is_enough_to_run_the_shipped_job() {
     let cluster = common::cluster().await;
@@ -79,7 +126,10 @@ async fn grants_sql_is_enough_to_run_the_shipped_job() {
     // The cluster trusts loopback connections, so the role needs no password here.
     let url = db.url.replacen("postgres@", "pgbackfill@", 1);
     assert_ne!(url, db.url, "expected a postgres@ URL: {}", db.url);
-    let mut daemon = Daemon::start(&url, &repo("deploy/base/jobs"), &["--exit-when-done"]);
+    let args = manifest_args("deploy/examples/job/job.yaml", None);
+    assert!(args.iter().any(|a| a == "--exit-when-done"), "{args:?}");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = Daemon::start(&url, &repo("deploy/examples/job/jobs"), &args);
     let status = daemon.wait_exit(DEADLINE);
     assert!(status.success(), "daemon exited with {status:?}; log:\n{}", daemon.log());
     let left: i64 =
@@ -146,15 +196,21 @@ fn collect_json_queries(v: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-/// `GET /metrics` over plain HTTP/1.0: the body, or None while the endpoint is not up.
-fn scrape(port: u16) -> Option<String> {
+/// `GET path` over plain HTTP/1.0: the status code and the body, or None while nothing answers.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (head, body) = text.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_string())
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// `GET /metrics`: the body of a 200 answer.
+fn scrape(port: u16) -> Option<String> {
+    get(port, "/metrics").and_then(|(code, body)| (code == 200).then_some(body))
 }
 
 /// Sample names in an exposition, each with whether some sample of it has `job="<job>"`.
@@ -182,7 +238,8 @@ fn missing(queried: &BTreeMap<String, bool>, scraped: &BTreeMap<String, bool>) -
 }
 
 /// The dashboard and the alerts query only names a running daemon exposes. Names are read from
-/// the files, not listed here, so a renamed metric or a typo in a panel fails this test.
+/// the files, not listed here, so a renamed metric or a typo in a panel fails this test. The
+/// daemon runs with the base Deployment's arguments, and answers its probes' paths with 200.
 #[tokio::test]
 async fn every_metric_the_dashboard_and_alerts_query_is_exposed() {
     let queried = queried_metric_names();
@@ -207,7 +264,9 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exposed() {
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let addr = format!("127.0.0.1:{port}");
-    let daemon = Daemon::start(&db.url, jobs.path(), &["--metrics-addr", &addr]);
+    let args = manifest_args("deploy/base/deployment.yaml", Some(&addr));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = Daemon::start(&db.url, jobs.path(), &args);
     wait_state(&pool, "scraped", "running", DEADLINE, Some(&daemon)).await;
 
     // Poll: the throttle's first measurement and the first batches land within a few seconds.
@@ -233,4 +292,24 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exposed() {
         queried.keys().collect::<Vec<_>>(),
         daemon.log()
     );
+
+    // The probes of the Deployment and of the sidecar: a healthy daemon answers each with 200.
+    let mut paths = probe_paths("deploy/base/deployment.yaml");
+    assert!(paths.contains(&"/readyz".to_string()) && paths.contains(&"/healthz".to_string()), "{paths:?}");
+    paths.extend(probe_paths("deploy/examples/sidecar/deployment.yaml"));
+    for path in paths {
+        let start = Instant::now();
+        loop {
+            let answer = get(port, &path);
+            if matches!(answer, Some((200, _))) {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "probe {path} answered {answer:?}, not 200; daemon log:\n{}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
 }
