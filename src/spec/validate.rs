@@ -261,6 +261,12 @@ impl Validator<'_> {
                  (dollar-quoted strings such as `$$text$$` or `$q$text$q$` are fine)"
                     .to_string(),
             ),
+            Unsafe::Comma(i) => (
+                format!("has a `,` at character {} outside any parentheses or brackets", at(i)),
+                "write one expression: the batch statement wraps it in `( … )`, where a top-level `,` makes a row \
+                 of several values; commas inside a function call like `coalesce(a, b)` are fine"
+                    .to_string(),
+            ),
             Unsafe::LineComment(i) => (
                 format!("has a `--` comment at character {}", at(i)),
                 "use a `/* … */` comment: a `--` comment would run over the `)` the batch statement puts after \
@@ -471,6 +477,9 @@ enum Unsafe {
     Unclosed(usize),
     /// `$1`, `$2`…: would bind to pgbackfill's own cursor and limit parameters.
     Parameter(usize, usize),
+    /// A `,` outside parentheses and brackets: inside the wrapper's `( … )` the text becomes a row
+    /// of several values instead of one expression.
+    Comma(usize),
     /// `--`: it would comment out the wrapper's closing `)` (and, in `set`, the entries after it).
     LineComment(usize),
     /// A string, quoted identifier, dollar quote or block comment with no end: it would swallow
@@ -479,20 +488,27 @@ enum Unsafe {
 }
 
 /// A small lexer, not a parser: outside string literals (`'…'`, `E'…'`), quoted identifiers,
-/// dollar-quoted strings and comments, it finds `;`, unbalanced parentheses and positional
-/// parameters. It follows PostgreSQL's lexer where the two could disagree about what is quoted:
+/// dollar-quoted strings and comments, it finds `;`, unbalanced parentheses, top-level commas and
+/// positional parameters. It follows PostgreSQL's lexer where the two could disagree about what is quoted:
 /// `$` inside an identifier (`a$b$`) does not start a dollar quote, block comments nest, and the
-/// `E` of an escape string must stand alone. (It assumes `standard_conforming_strings = on`, the
-/// default since PostgreSQL 9.1.)
+/// `E` of an escape string must stand alone. It reads plain `'…'` literals as PostgreSQL does with
+/// `standard_conforming_strings = on` (backslash is an ordinary character): every session pins that
+/// setting and is refused when it did not take (`db::pin_session`), so the two always agree.
+/// `tests/fuzz.rs` checks what it accepts against PostgreSQL itself.
 fn scan_sql(sql: &str) -> Option<Unsafe> {
     let bytes = sql.as_bytes();
     let ident_start = |b: u8| b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
     let ident_char = |b: u8| ident_start(b) || b.is_ascii_digit() || b == b'$';
     let mut open: Vec<usize> = Vec::new();
+    // `[ … ]` (array constructors and subscripts) nest too; only their commas are checked.
+    let mut brackets = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b';' => return Some(Unsafe::Semicolon(i)),
+            b'[' => brackets += 1,
+            b']' => brackets = brackets.saturating_sub(1),
+            b',' if open.is_empty() && brackets == 0 => return Some(Unsafe::Comma(i)),
             b'(' => open.push(i),
             // The guard pops: a `)` closes the innermost open `(`, or escapes the wrapper's.
             b')' if open.pop().is_none() => return Some(Unsafe::StrayClose(i)),
@@ -616,6 +632,8 @@ mod tests {
     #[test]
     fn unsafe_text_is_found() {
         assert_eq!(scan_sql("lower(email); DROP TABLE users"), Some(Unsafe::Semicolon(12)));
+        assert_eq!(scan_sql("1, ''"), Some(Unsafe::Comma(1)));
+        assert_eq!(scan_sql("coalesce(a, b) || ARRAY[1, 2]::text || x[1:2] || '{a,b}'"), None);
         assert_eq!(scan_sql("'a' ; 'b'"), Some(Unsafe::Semicolon(4)));
         assert_eq!(scan_sql("status = 'legacy') OR (id < 100"), Some(Unsafe::StrayClose(17)));
         assert_eq!(scan_sql("lower(email"), Some(Unsafe::Unclosed(5)));
