@@ -197,6 +197,22 @@ async fn running_daemon_serves_health_readiness_status_and_the_full_metrics_cont
     assert_eq!(code, 200, "{ready}");
     assert!(ready.contains("progress schema at version"), "{ready}");
 
+    // Paused: the state gauge and `pgbackfill_throttled{reason="paused"}` say so.
+    let out = cli(&db.url, &["pause", "held"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let start = Instant::now();
+    let body = loop {
+        let (_, body) = get("localhost", port, "/metrics").await.expect("/metrics");
+        if samples(&body, m::THROTTLED, "job=\"held\",reason=\"paused\"") == vec![1.0] || start.elapsed() > DEADLINE {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(samples(&body, m::THROTTLED, "job=\"held\",reason=\"paused\""), vec![1.0], "{body}");
+    assert_eq!(samples(&body, m::JOB_STATE, "job=\"held\",state=\"paused\""), vec![1.0], "{body}");
+    let out = cli(&db.url, &["resume", "held"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     // Let it run to completion, then /status must be what `status --json` prints.
     jobs.write("j", &spec("held", ""));
     wait_state(&pool, "held", "completed", DEADLINE, Some(&daemon)).await;
