@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db;
 use crate::localpg::{self, LocalPgError};
 use crate::progress::{Progress, ProgressError, State};
-use crate::status::JobStatus;
+use crate::status::{JobStatus, StatusError};
 use crate::supervisor::{self, Outcome};
 use crate::throttle::{self, ControllerConfig};
 
@@ -287,7 +287,7 @@ async fn drive(
             progress.job(JOB).await?.map(|r| JobStatus::from_row(&r))
         };
         if let Some(s) = &status {
-            if s.state == State::Failed {
+            if s.stored_state == State::Failed {
                 return Err(DemoError::Failed(format!("the job failed: {}", s.last_error.as_deref().unwrap_or("?"))));
             }
             let scanned = s.rows_scanned as f64 / opts.rows as f64;
@@ -301,7 +301,7 @@ async fn drive(
                     cluster.pause_replay().await?;
                     Phase::Paused { at: Instant::now() }
                 }
-                Phase::Paused { at } => match &s.throttled {
+                Phase::Paused { at } => match &s.held_by {
                     Some(reason) => {
                         say(&format!(">>> the job is throttled, not writing: {reason}"));
                         Phase::Throttled { since: Instant::now() }
@@ -318,7 +318,7 @@ async fn drive(
                     cluster.resume_replay().await?;
                     Phase::Resumed { since, resumed_at: Instant::now() }
                 }
-                Phase::Resumed { since, resumed_at } if s.throttled.is_none() => {
+                Phase::Resumed { since, resumed_at } if s.held_by.is_none() => {
                     say(&format!(
                         ">>> the standby caught up; the job resumed writing {:.1}s after replay resumed",
                         resumed_at.elapsed().as_secs_f64()
@@ -342,13 +342,19 @@ async fn print_status(
     progress: &Progress,
     job_started: Instant,
 ) -> Result<Option<JobStatus>, DemoError> {
-    let report = crate::status::report(pool, progress, Some(JOB)).await?;
+    let report = match crate::status::report(pool, progress, Some(JOB)).await {
+        Ok(report) => Some(report),
+        // Not registered yet.
+        Err(StatusError::NoSuchJob(_)) => None,
+        Err(StatusError::Progress(e)) => return Err(e.into()),
+        Err(e) => return Err(DemoError::Failed(e.to_string())),
+    };
     let elapsed = job_started.elapsed().as_secs_f64();
-    let status = report.jobs.first().cloned();
-    if status.is_none() {
+    let Some(report) = report.filter(|r| !r.jobs.is_empty()) else {
         say(&format!("{elapsed:6.1}s  starting: registering the job, planning its key range"));
         return Ok(None);
-    }
+    };
+    let status = report.jobs.first().cloned();
     for (i, line) in crate::status::render_live(&report).lines().enumerate() {
         if i == 0 {
             say(&format!("{elapsed:6.1}s  {line}"));

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod check;
 pub mod db;
 pub mod demo;
+pub mod error;
 pub mod health;
 pub mod http;
 pub mod ident;

@@ -94,6 +94,12 @@ enum Command {
     Cancel(ControlArgs),
     /// Forget a job's progress: it starts over (e.g. after its meaning changed).
     Reset(ControlArgs),
+    /// Create or upgrade the progress schema (the daemon also does this at start-up). Lets the
+    /// daemon run without CREATE on the database, and is the only other command that changes it.
+    Migrate {
+        #[command(flatten)]
+        db: Database,
+    },
     /// Print the JSON Schema of job specs.
     Schema,
     /// Run a backfill end to end on a throwaway local primary + standby (needs PostgreSQL server
@@ -170,7 +176,7 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", pgbackfill::error::report(&e));
             ExitCode::from(2)
         }
     }
@@ -245,6 +251,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate { db: database } => {
+            let (_, progress) = connect(&database, "pgbackfill migrate").await?;
+            progress.migrate().await?;
+            println!("progress schema `{}` is up to date", progress.schema_name());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pause(a) => control(a, Action::Pause).await,
         Command::Resume(a) => control(a, Action::Resume).await,
         Command::Cancel(a) => control(a, Action::Cancel).await,
@@ -298,13 +310,24 @@ async fn watch_status(pool: &sqlx::PgPool, progress: &Progress, name: Option<&st
     }
 }
 
-async fn connect_progress(database: &Database, app: &str) -> anyhow::Result<(sqlx::PgPool, Progress)> {
+/// Connect for a CLI command, without touching the progress schema.
+async fn connect(database: &Database, app: &str) -> anyhow::Result<(sqlx::PgPool, Progress)> {
     let url = database.require_url()?;
     let pool = db::pool(&url, app, 2).await.with_context(|| format!("connecting to {}", db::redact_url(&url)))?;
     // The pool connects lazily; a CLI command should say at once what is wrong with the database.
     db::check_connection(&pool, &url).await?;
     let progress = Progress::new(pool.clone(), &database.schema);
-    progress.migrate().await?;
+    Ok((pool, progress))
+}
+
+/// Connect for a command that reads or changes the progress tables. Schema changes happen only in
+/// the daemon and `pgbackfill migrate`, so these commands need no more than SELECT (status) or
+/// UPDATE/DELETE (pause, resume, cancel, reset, forget) on the progress tables.
+async fn connect_progress(database: &Database, app: &str) -> anyhow::Result<(sqlx::PgPool, Progress)> {
+    let (pool, progress) = connect(database, app).await?;
+    if !progress.exists().await? {
+        return Err(status::StatusError::NoSchema(progress.schema_name().to_string()).into());
+    }
     Ok((pool, progress))
 }
 
@@ -402,7 +425,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         }
         Outcome::NotAllCompleted { failed } => {
-            tracing::error!(jobs = ?failed, "every job ended, not all completed");
+            tracing::error!(jobs = %failed.join(", "), "every job ended, not all completed");
             ExitCode::from(1)
         }
     })

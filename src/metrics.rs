@@ -39,6 +39,7 @@ pub const SLOT_RETAINED_BYTES: &str = "pgbackfill_slot_retained_bytes";
 pub const BUILD_INFO: &str = "pgbackfill_build_info";
 pub const ACTIVE_WORKERS: &str = "pgbackfill_active_workers";
 pub const SPEC_ERRORS: &str = "pgbackfill_spec_errors";
+pub const JOBS_REFUSED: &str = "pgbackfill_jobs_refused";
 pub const REPLICAS_STREAMING: &str = "pgbackfill_replicas_streaming";
 pub const OLDEST_TRANSACTION_SECONDS: &str = "pgbackfill_oldest_transaction_seconds";
 pub const LAG_MEASUREMENT_OK: &str = "pgbackfill_lag_measurement_ok";
@@ -76,14 +77,19 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     ACTIVE_WORKERS,
     SPEC_ERRORS,
+    JOBS_REFUSED,
     REPLICAS_STREAMING,
     OLDEST_TRANSACTION_SECONDS,
     LAG_MEASUREMENT_OK,
     STEP_STATE,
 ];
 
-/// The `state` label values of [`JOB_STATE`]: exactly one is 1 for a loaded job.
-pub const JOB_STATES: &[&str] = &["pending", "running", "paused", "completed", "failed", "cancelled"];
+/// The `state` label values of [`JOB_STATE`]: exactly one is 1 for a loaded job. The same states as
+/// `status` shows (`status::JobState`): `running` only while a daemon works the job, `held` while
+/// the throttle holds it, `orphaned` when no live daemon holds it, `refused` when a daemon refuses
+/// its spec.
+pub const JOB_STATES: &[&str] =
+    &["pending", "running", "held", "orphaned", "paused", "completed", "failed", "cancelled", "refused"];
 
 /// The `state` label values of [`STEP_STATE`] (`progress::StepState`): exactly one is 1 per step.
 pub const STEP_STATES: &[&str] = &["pending", "waiting", "running", "done", "failed"];
@@ -361,6 +367,8 @@ pub fn slot_retained_bytes(slot: &str) -> Gauge {
 pub struct DaemonMetrics {
     pub active_workers: Gauge,
     pub spec_errors: Gauge,
+    /// Jobs whose spec this daemon refuses (meaning changed, missing privilege, table gone …).
+    pub jobs_refused: Gauge,
     pub replicas_streaming: Gauge,
     pub oldest_transaction_seconds: Gauge,
     pub lag_measurement_ok: Gauge,
@@ -371,6 +379,7 @@ impl DaemonMetrics {
         DaemonMetrics {
             active_workers: gauge!(ACTIVE_WORKERS),
             spec_errors: gauge!(SPEC_ERRORS),
+            jobs_refused: gauge!(JOBS_REFUSED),
             replicas_streaming: gauge!(REPLICAS_STREAMING),
             oldest_transaction_seconds: gauge!(OLDEST_TRANSACTION_SECONDS),
             lag_measurement_ok: gauge!(LAG_MEASUREMENT_OK),
@@ -417,6 +426,10 @@ pub fn describe() {
     describe_gauge!(BUILD_INFO, "Always 1; the version label says which pgbackfill is running");
     describe_gauge!(ACTIVE_WORKERS, "Range workers running in this daemon");
     describe_gauge!(SPEC_ERRORS, "Spec files in the jobs directory that fail validation");
+    describe_gauge!(
+        JOBS_REFUSED,
+        "Jobs whose spec the daemon refuses against the database (meaning changed, missing privilege, ...)"
+    );
     describe_gauge!(REPLICAS_STREAMING, "Standbys in state streaming");
     describe_gauge!(OLDEST_TRANSACTION_SECONDS, Unit::Seconds, "Age of the oldest open transaction");
     describe_gauge!(LAG_MEASUREMENT_OK, "1 when the last lag measurement succeeded (0: the throttle fails closed)");
@@ -429,6 +442,7 @@ pub fn describe() {
     let d = DaemonMetrics::get();
     d.active_workers.set(0.0);
     d.spec_errors.set(0.0);
+    d.jobs_refused.set(0.0);
     d.replicas_streaming.set(0.0);
     d.oldest_transaction_seconds.set(0.0);
     d.lag_measurement_ok.set(0.0);

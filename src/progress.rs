@@ -102,11 +102,26 @@ CREATE TABLE {schema}.steps (
 );
 "#,
     ),
+    (
+        4,
+        // Specs a daemon refuses (changed meaning, missing privilege, table gone …), with the reason,
+        // so `status` shows them as refused instead of a job that looks fine. Kept apart from `jobs`:
+        // a job refused before it was ever registered has no `jobs` row.
+        r#"
+CREATE TABLE {schema}.refusals (
+    name        text PRIMARY KEY,
+    file        text NOT NULL,
+    reason      text NOT NULL,
+    owner       text,
+    refused_at  timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    ),
 ];
 
 #[derive(Debug, Error)]
 pub enum ProgressError {
-    #[error("database error on the progress table: {0}")]
+    #[error("database error on the progress table: {}", crate::error::sql(.0))]
     Db(#[from] sqlx::Error),
     #[error(
         "job `{name}` already has progress for a different meaning ({field} changed: was {was}, now {now}); \
@@ -189,7 +204,22 @@ pub struct JobRow {
     pub ranges: i64,
     pub ranges_done: i64,
     pub owners: Vec<String>,
+    /// The largest current batch size of the job's open ranges.
+    pub batch_size: Option<i64>,
+    /// The spec marks the key sensitive: `status` must not show key values.
+    pub key_sensitive: bool,
+    /// Why a daemon refused the job's spec, and when (see [`Progress::refuse`]).
+    pub refused: Option<Refusal>,
     pub now: DateTime<Utc>,
+}
+
+/// A daemon's refusal of a job spec.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub file: String,
+    pub reason: String,
+    pub owner: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 /// One key range of a job.
@@ -627,12 +657,17 @@ impl Progress {
     }
 
     /// Forget a job's progress entirely: the next daemon scan starts it over.
+    /// Used by `reset` and `forget`; a recorded refusal goes too.
     pub async fn reset(&self, name: &str) -> Result<(), ProgressError> {
-        let r =
-            sqlx::query(self.sql("DELETE FROM {schema}.jobs WHERE name = $1")).bind(name).execute(&self.pool).await?;
-        if r.rows_affected() == 0 {
+        let mut tx = self.pool.begin().await?;
+        let jobs =
+            sqlx::query(self.sql("DELETE FROM {schema}.jobs WHERE name = $1")).bind(name).execute(&mut *tx).await?;
+        let refusals =
+            sqlx::query(self.sql("DELETE FROM {schema}.refusals WHERE name = $1")).bind(name).execute(&mut *tx).await?;
+        if jobs.rows_affected() + refusals.rows_affected() == 0 {
             return Err(ProgressError::NoSuchJob(name.to_string()));
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -652,15 +687,33 @@ impl Progress {
              coalesce(sum(r.rows_scanned), 0)::int8 AS rows_scanned, coalesce(sum(r.batches), 0)::int8 AS batches, \
              count(r.range_no) AS ranges, count(r.range_no) FILTER (WHERE r.done) AS ranges_done, \
              coalesce(array_agg(DISTINCT r.owner) FILTER (WHERE r.owner IS NOT NULL AND r.lease_until > now()), '{}') AS owners, \
+             max(r.batch_size) FILTER (WHERE NOT r.done) AS batch_size, \
+             coalesce(j.spec->>'key_sensitive' = 'true', false) AS key_sensitive, \
+             f.file AS refused_file, f.reason AS refused_reason, f.owner AS refused_owner, f.refused_at, \
              now() AS now \
              FROM {schema}.jobs j LEFT JOIN {schema}.ranges r ON r.job = j.name \
-             WHERE $1::text IS NULL OR j.name = $1 GROUP BY j.name ORDER BY j.name",
+             LEFT JOIN {schema}.refusals f ON f.name = j.name \
+             WHERE $1::text IS NULL OR j.name = $1 \
+             GROUP BY j.name, f.name ORDER BY j.name",
         ))
         .bind(name)
         .fetch_all(&self.pool)
         .await?;
         use sqlx::Row;
-        rows.into_iter()
+        let refusal = |r: &sqlx::postgres::PgRow| -> Result<Option<Refusal>, sqlx::Error> {
+            let reason: Option<String> = r.try_get("refused_reason")?;
+            Ok(match reason {
+                None => None,
+                Some(reason) => Some(Refusal {
+                    file: r.try_get("refused_file")?,
+                    reason,
+                    owner: r.try_get("refused_owner")?,
+                    at: r.try_get("refused_at")?,
+                }),
+            })
+        };
+        let mut jobs = rows
+            .iter()
             .map(|r| {
                 Ok(JobRow {
                     name: r.try_get("name")?,
@@ -683,11 +736,93 @@ impl Progress {
                     ranges: r.try_get("ranges")?,
                     ranges_done: r.try_get("ranges_done")?,
                     owners: r.try_get("owners")?,
+                    batch_size: r.try_get("batch_size")?,
+                    key_sensitive: r.try_get("key_sensitive")?,
+                    refused: refusal(r)?,
                     now: r.try_get("now")?,
                 })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(ProgressError::from)
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // Jobs refused before they were ever registered: no `jobs` row, but `status` must show them.
+        let unregistered = sqlx::query(self.sql(
+            "SELECT f.name, f.file AS refused_file, f.reason AS refused_reason, f.owner AS refused_owner, \
+             f.refused_at, now() AS now FROM {schema}.refusals f \
+             WHERE ($1::text IS NULL OR f.name = $1) \
+               AND NOT EXISTS (SELECT 1 FROM {schema}.jobs j WHERE j.name = f.name)",
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &unregistered {
+            let now: DateTime<Utc> = r.try_get("now")?;
+            let at: DateTime<Utc> = r.try_get("refused_at")?;
+            jobs.push(JobRow {
+                name: r.try_get("name")?,
+                state: State::Pending,
+                planned: false,
+                fingerprint: String::new(),
+                estimated_rows: None,
+                leftover_rows: None,
+                last_error: None,
+                throttle_reason: None,
+                throttled_seconds: 0.0,
+                paused_seconds: 0.0,
+                created_at: at,
+                started_at: None,
+                finished_at: None,
+                state_changed_at: at,
+                rows_updated: 0,
+                rows_scanned: 0,
+                batches: 0,
+                ranges: 0,
+                ranges_done: 0,
+                owners: Vec::new(),
+                batch_size: None,
+                key_sensitive: false,
+                refused: refusal(r)?,
+                now,
+            });
+        }
+        jobs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(jobs)
+    }
+
+    /// Record that a daemon refuses a job's spec, and why (shown by `status` as `refused`).
+    /// The time is kept while the reason stays the same.
+    pub async fn refuse(&self, name: &str, file: &str, reason: &str, owner: &str) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "INSERT INTO {schema}.refusals AS f (name, file, reason, owner) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET file = EXCLUDED.file, reason = EXCLUDED.reason, owner = EXCLUDED.owner, \
+             refused_at = CASE WHEN f.reason = EXCLUDED.reason THEN f.refused_at ELSE now() END",
+        ))
+        .bind(name)
+        .bind(file)
+        .bind(reason)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The daemon accepts the job's spec (again): forget an earlier refusal.
+    pub async fn clear_refusal(&self, name: &str) -> Result<(), ProgressError> {
+        sqlx::query(self.sql("DELETE FROM {schema}.refusals WHERE name = $1")).bind(name).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the progress schema has been created (by a daemon or `pgbackfill migrate`). Needs no
+    /// privilege on the schema: commands other than `run` and `migrate` never create it.
+    pub async fn exists(&self) -> Result<bool, ProgressError> {
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(format!("{}.jobs", self.schema))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// The schema name as given (unquoted), for messages.
+    pub fn schema_name(&self) -> &str {
+        &self.schema_raw
     }
 
     pub async fn ranges(&self, name: &str) -> Result<Vec<RangeRow>, ProgressError> {

@@ -1,9 +1,16 @@
 //! `pgbackfill status`: progress a person can read at 3 a.m., and a JSON form for machines.
+//!
+//! The state shown is derived, not copied: the progress table says `running` for a job no daemon
+//! runs any more (after a clean shutdown, say), and a daemon that refuses a spec leaves the job's
+//! row as it was. [`JobState`] tells them apart, and [`report`] is the one builder behind
+//! `status`, `status --json` and the daemon's `/status`.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::PgPool;
 
-use crate::progress::{JobRow, Progress, ProgressError, State, StepRow};
-use crate::throttle::{self, ControllerConfig, Measurement};
+use crate::progress::{JobRow, Progress, ProgressError, RangeRow, Refusal, State, StepRow};
+use crate::throttle::{self, Measurement};
 
 /// Everything `status` shows: the jobs, and replication as the throttle sees it now.
 #[derive(Debug, Clone, Serialize)]
@@ -12,33 +19,109 @@ pub struct StatusReport {
     pub replication: Measurement,
 }
 
-/// The report `pgbackfill status --json` prints and `/status` serves: one function, so the two
-/// stay identical. `name`: only that job. Replication is a live snapshot, as the throttle would
-/// measure it now.
-pub async fn report(
-    pool: &sqlx::PgPool,
-    progress: &Progress,
-    name: Option<&str>,
-) -> Result<StatusReport, ProgressError> {
-    let rows = match name {
-        Some(n) => progress.job(n).await?.into_iter().collect(),
-        None => progress.jobs().await?,
-    };
-    let mut jobs: Vec<JobStatus> = rows.iter().map(JobStatus::from_row).collect();
-    let steps = progress.steps(name).await?;
-    for job in &mut jobs {
-        job.steps = steps.iter().filter(|s| s.job == job.name).cloned().collect();
+/// Why no report could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(
+        "the progress schema `{0}` does not exist in this database yet: no daemon has started here \
+         (`pgbackfill run` or `pgbackfill migrate` creates it)"
+    )]
+    NoSchema(String),
+    #[error("no job named `{0}` in the progress table")]
+    NoSuchJob(String),
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
+}
+
+/// The state `status` shows. Unlike the stored [`State`], `running` here means a live daemon holds
+/// the job's work right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Registered, not started yet.
+    Pending,
+    /// A live daemon holds at least one of its ranges and is writing.
+    Running,
+    /// A live daemon holds it, but the throttle keeps it from writing (see `held_by`).
+    Held,
+    /// Running in the progress table, but no live daemon holds any of its ranges.
+    Orphaned,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+    /// A daemon refuses its spec (meaning changed, missing privilege, …; see `refused`).
+    Refused,
+}
+
+impl JobState {
+    /// Every state: the label set of `pgbackfill_job_state`.
+    pub const ALL: [JobState; 9] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::Held,
+        JobState::Orphaned,
+        JobState::Paused,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Held => "held",
+            JobState::Orphaned => "orphaned",
+            JobState::Paused => "paused",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Refused => "refused",
+        }
     }
-    let replication = throttle::measure(pool, &ControllerConfig::default(), &mut throttle::Tracker::default()).await;
-    Ok(StatusReport { jobs, replication })
+
+    /// The state of a job row as `status` shows it.
+    pub fn of(r: &JobRow) -> JobState {
+        if r.refused.is_some() {
+            return JobState::Refused;
+        }
+        match r.state {
+            State::Pending => JobState::Pending,
+            State::Running if r.owners.is_empty() => JobState::Orphaned,
+            State::Running if r.throttle_reason.is_some() => JobState::Held,
+            State::Running => JobState::Running,
+            State::Paused => JobState::Paused,
+            State::Completed => JobState::Completed,
+            State::Failed => JobState::Failed,
+            State::Cancelled => JobState::Cancelled,
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One job's status, derived from its progress rows.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
     pub name: String,
-    pub state: State,
-    /// `completed` with rows still matching `where`: not silently "done".
+    /// What is happening now (see [`JobState`]).
+    pub state: JobState,
+    /// The state stored in the progress table.
+    pub stored_state: State,
+    /// Held: what holds it (the throttle's reason).
+    pub held_by: Option<String>,
+    /// Refused: why, in which file, by which daemon, since when.
+    pub refused: Option<Refusal>,
+    /// Orphaned: what that means.
+    pub orphaned: Option<String>,
+    /// Completed jobs with a `where`: true when no row in the key range still matches it.
+    /// `None` before completion, and for jobs without a `where` (nothing to verify).
     pub verified: Option<bool>,
     pub leftover_rows: Option<i64>,
     pub rows_updated: i64,
@@ -46,10 +129,21 @@ pub struct JobStatus {
     pub batches: i64,
     pub estimated_rows: Option<i64>,
     pub percent: Option<f64>,
-    /// Scanned rows per second of *working* time (paused and throttled time excluded).
+    /// Scanned rows per second of *working* time (paused and throttled time excluded); only while
+    /// a daemon runs the job.
     pub rows_per_second: Option<f64>,
+    /// Only while a daemon runs the job (running or held).
     pub eta_seconds: Option<f64>,
-    pub throttled: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// From start to finish (or to now).
+    pub elapsed_seconds: Option<f64>,
+    /// Current batch size (largest over the open ranges).
+    pub batch_size: Option<i64>,
+    /// The key of the last row done in the lowest open range; `None` when the spec marks the key
+    /// sensitive (`key_sensitive: true`), before the first batch, and once every range is done.
+    pub key_position: Option<Vec<String>>,
+    pub key_sensitive: bool,
     pub throttled_seconds: f64,
     pub paused_seconds: f64,
     pub ranges: i64,
@@ -63,29 +157,43 @@ pub struct JobStatus {
 
 impl JobStatus {
     pub fn from_row(r: &JobRow) -> Self {
+        let state = JobState::of(r);
         let elapsed = r.started_at.map(|s| (r.finished_at.unwrap_or(r.now) - s).num_milliseconds() as f64 / 1000.0);
         let paused_now = if r.state == State::Paused {
             (r.now - r.state_changed_at).num_milliseconds() as f64 / 1000.0
         } else {
             0.0
         };
+        let live = matches!(state, JobState::Running | JobState::Held);
         let working = elapsed.map(|e| (e - r.paused_seconds - paused_now - r.throttled_seconds).max(0.0));
-        let rate = working.filter(|w| *w > 0.5).map(|w| r.rows_scanned as f64 / w);
+        let rate = working.filter(|w| live && *w > 0.5).map(|w| r.rows_scanned as f64 / w);
         let estimated = r.estimated_rows.filter(|e| *e > 0);
         let percent = match r.state {
             State::Completed => Some(100.0),
             _ => estimated.map(|e| (r.rows_scanned as f64 * 100.0 / e as f64).min(99.9)),
         };
-        let eta = match (r.state, estimated, rate) {
-            (State::Running | State::Paused | State::Pending, Some(e), Some(rate)) if rate > 0.0 => {
-                Some(((e - r.rows_scanned).max(0) as f64) / rate)
-            }
+        let eta = match (estimated, rate) {
+            (Some(e), Some(rate)) if rate > 0.0 => Some(((e - r.rows_scanned).max(0) as f64) / rate),
             _ => None,
         };
+        let orphaned = (state == JobState::Orphaned).then(|| {
+            if r.planned && r.ranges == r.ranges_done {
+                "every range is done; waiting for a daemon to verify and complete it".to_string()
+            } else {
+                "no live daemon holds any of its ranges (none is up, or all are busy up to --max-jobs)".to_string()
+            }
+        });
         JobStatus {
             name: r.name.clone(),
-            state: r.state,
-            verified: (r.state == State::Completed).then(|| r.leftover_rows.unwrap_or(0) == 0),
+            state,
+            stored_state: r.state,
+            held_by: if state == JobState::Held { r.throttle_reason.clone() } else { None },
+            refused: r.refused.clone(),
+            orphaned,
+            verified: match (r.state, r.leftover_rows) {
+                (State::Completed, Some(n)) => Some(n == 0),
+                _ => None,
+            },
             leftover_rows: r.leftover_rows,
             rows_updated: r.rows_updated,
             rows_scanned: r.rows_scanned,
@@ -94,7 +202,12 @@ impl JobStatus {
             percent,
             rows_per_second: rate,
             eta_seconds: eta,
-            throttled: r.throttle_reason.clone(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            elapsed_seconds: elapsed,
+            batch_size: r.batch_size.filter(|_| !r.state.is_terminal()),
+            key_position: None,
+            key_sensitive: r.key_sensitive,
             throttled_seconds: r.throttled_seconds,
             paused_seconds: r.paused_seconds + paused_now,
             ranges: r.ranges,
@@ -105,55 +218,80 @@ impl JobStatus {
         }
     }
 
+    /// Adds what only the range rows tell: the key position.
+    pub fn with_ranges(mut self, ranges: &[RangeRow]) -> Self {
+        if !self.key_sensitive {
+            self.key_position = ranges.iter().find(|r| !r.done).and_then(|r| r.cursor.clone());
+        }
+        self
+    }
+
     /// The state as a person should read it.
     pub fn display_state(&self) -> String {
-        match (self.state, &self.throttled, self.leftover_rows) {
-            (State::Completed, _, Some(n)) if n > 0 => format!("completed ({n} rows still match where)"),
-            (State::Running, Some(_), _) => "throttled".into(),
-            (s, _, _) => s.to_string(),
+        match (self.state, self.leftover_rows) {
+            (JobState::Completed, Some(n)) if n > 0 => format!("completed ({n} rows still match where)"),
+            (s, _) => s.to_string(),
         }
     }
 }
 
-/// Render a table.
+/// The report behind `status`, `status --json` and `/status`: every job (or only `name`), each
+/// with its key position, and a live replication measurement. Needs only SELECT on the progress
+/// tables (and, for full replication figures, `pg_monitor`).
+pub async fn report(pool: &PgPool, progress: &Progress, name: Option<&str>) -> Result<StatusReport, StatusError> {
+    if !progress.exists().await? {
+        return Err(StatusError::NoSchema(progress.schema_name().to_string()));
+    }
+    let rows = match name {
+        Some(n) => vec![progress.job(n).await?.ok_or_else(|| StatusError::NoSuchJob(n.to_string()))?],
+        None => progress.jobs().await?,
+    };
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let status = JobStatus::from_row(row);
+        let status = if row.planned && !row.key_sensitive && !row.state.is_terminal() {
+            status.with_ranges(&progress.ranges(&row.name).await?)
+        } else {
+            status
+        };
+        jobs.push(status);
+    }
+    let steps = progress.steps(name).await?;
+    for job in &mut jobs {
+        job.steps = steps.iter().filter(|s| s.job == job.name).cloned().collect();
+    }
+    // A live snapshot of replication, as the daemons' throttle sees it right now.
+    let replication =
+        throttle::measure(pool, &throttle::ControllerConfig::default(), &mut throttle::Tracker::default()).await;
+    Ok(StatusReport { jobs, replication })
+}
+
+fn duration(seconds: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds.max(0.0) as u64)).to_string()
+}
+
+/// Render a table: one line per job, then indented lines with what explains it.
 pub fn render(jobs: &[JobStatus]) -> String {
     if jobs.is_empty() {
         return "no jobs in the progress table\n".into();
     }
-    let mut out = format!(
-        "{:<32} {:<14} {:>12} {:>6} {:>9} {:>9}  {}\n",
-        "JOB", "STATE", "UPDATED", "%", "ROWS/S", "ETA", "NOTES"
-    );
+    let mut out = format!("{:<32} {:<10} {:>12} {:>6} {:>9} {:>9}\n", "JOB", "STATE", "UPDATED", "%", "ROWS/S", "ETA");
     for j in jobs {
         let pct = j.percent.map_or("-".into(), |p| format!("{p:.1}"));
         let rate = j.rows_per_second.map_or("-".into(), |r| format!("{r:.0}"));
-        let eta = j
-            .eta_seconds
-            .map_or("-".into(), |s| humantime::format_duration(std::time::Duration::from_secs(s as u64)).to_string());
-        let mut notes = Vec::new();
-        if let Some(t) = &j.throttled {
-            notes.push(format!("throttled: {t}"));
-        }
-        if j.throttled_seconds >= 1.0 {
-            notes.push(format!("{:.0}s throttled in total", j.throttled_seconds));
-        }
-        if j.ranges > 1 {
-            notes.push(format!("ranges {}/{} done", j.ranges_done, j.ranges));
-        }
-        if let Some(e) = &j.last_error {
-            notes.push(format!("last error: {e}"));
-        }
-        let state = j.display_state();
+        let eta = j.eta_seconds.map_or("-".into(), duration);
         out.push_str(&format!(
-            "{:<32} {:<14} {:>12} {:>6} {:>9} {:>9}  {}\n",
+            "{:<32} {:<10} {:>12} {:>6} {:>9} {:>9}\n",
             j.name,
-            state,
+            j.display_state(),
             j.rows_updated,
             pct,
             rate,
-            eta,
-            notes.join("; ")
+            eta
         ));
+        for line in details(j) {
+            out.push_str(&format!("    {line}\n"));
+        }
         out.push_str(&render_steps(&j.steps));
     }
     out
@@ -170,6 +308,59 @@ fn render_steps(steps: &[StepRow]) -> String {
         out.push_str(&format!("{lead} {:<44} {}{attempts}{detail}\n", s.step, s.state));
     }
     out
+}
+
+/// The lines under a job's row in [`render`].
+pub fn details(j: &JobStatus) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(f) = &j.refused {
+        lines.push(format!("refused since {} ({}): {}", f.at.format("%Y-%m-%d %H:%M:%S UTC"), f.file, f.reason));
+    }
+    if let Some(h) = &j.held_by {
+        lines.push(format!("held by: {h}"));
+    }
+    if let Some(o) = &j.orphaned {
+        lines.push(format!("orphaned: {o}"));
+    }
+    let mut progress = Vec::new();
+    if let Some(s) = j.started_at {
+        let mut p = format!("started {}", s.format("%Y-%m-%d %H:%M:%S UTC"));
+        if let Some(e) = j.elapsed_seconds {
+            p.push_str(&format!(", {} {}", duration(e), if j.finished_at.is_some() { "in total" } else { "ago" }));
+        }
+        progress.push(p);
+    }
+    if let Some(b) = j.batch_size {
+        progress.push(format!("batch {b} rows"));
+    }
+    if let Some(k) = &j.key_position {
+        progress.push(format!("key at ({})", k.join(", ")));
+    } else if j.key_sensitive && !j.stored_state.is_terminal() {
+        progress.push("key position hidden (key_sensitive)".into());
+    }
+    if j.ranges > 1 {
+        progress.push(format!("ranges {}/{} done", j.ranges_done, j.ranges));
+    }
+    if j.throttled_seconds >= 1.0 {
+        progress.push(format!("{:.0}s throttled in total", j.throttled_seconds));
+    }
+    if j.stored_state == State::Paused {
+        progress.push(format!("paused for {}", duration(j.paused_seconds)));
+    }
+    if !progress.is_empty() {
+        lines.push(progress.join("; "));
+    }
+    if j.stored_state == State::Completed {
+        lines.push(match (j.verified, j.leftover_rows) {
+            (Some(true), _) => "verified: no row in the key range still matches `where`".into(),
+            (Some(false), Some(n)) => format!("NOT verified: {n} rows in the key range still match `where`"),
+            _ => "not verified: the job has no `where` to check".into(),
+        });
+    }
+    if let Some(e) = &j.last_error {
+        lines.push(format!("last error: {e}"));
+    }
+    lines
 }
 
 /// Per-standby lag (and slots, and the oldest transaction) under the job table.
@@ -232,8 +423,11 @@ pub fn render_live_job(j: &JobStatus) -> String {
         progress_bar(j.percent),
         j.rows_updated
     );
-    if let Some(reason) = &j.throttled {
+    if let Some(reason) = &j.held_by {
         line.push_str(&format!("  throttled: {reason}"));
+    }
+    if let Some(f) = &j.refused {
+        line.push_str(&format!("  refused: {}", f.reason));
     }
     if let Some(e) = &j.last_error {
         line.push_str(&format!("  last error: {e}"));

@@ -24,6 +24,7 @@ use crate::catalog;
 use crate::metrics::{DaemonMetrics, JobMetrics};
 use crate::progress::{Claim, JobRow, Progress, ProgressError, State};
 use crate::spec::{self, JobSpec};
+use crate::status::JobState;
 use crate::worker::{self, Context, Job, RangeOutcome};
 
 /// Daemon settings that are not per job.
@@ -83,6 +84,10 @@ struct Supervisor {
     declared: HashSet<String>,
     /// `then` steps of completed jobs.
     steps: crate::steps::Runner,
+    /// Refusals recorded in the progress table by this daemon, by job name (reason).
+    refused: HashMap<String, String>,
+    /// Jobs accepted since start-up: any earlier refusal of theirs has been cleared.
+    accepted: HashSet<String>,
 }
 
 /// How long shutdown waits for batches in flight before abandoning them. Abandoning is safe: a
@@ -113,6 +118,8 @@ pub async fn run(
         reported: HashSet::new(),
         declared: HashSet::new(),
         steps: Default::default(),
+        refused: HashMap::new(),
+        accepted: HashSet::new(),
     };
     let outcome = sup.run().await;
     sup.cfg.heartbeat.finished();
@@ -202,6 +209,7 @@ impl Supervisor {
         }
         let mut ended: BTreeMap<String, State> = BTreeMap::new();
         let mut open = 0usize;
+        let mut refused = 0usize;
         for loaded in report.jobs {
             let name = loaded.spec.name.clone();
             let considered = self.consider(loaded.spec).await;
@@ -212,11 +220,14 @@ impl Supervisor {
                 }
                 Ok(_) => open += 1,
                 Err(message) => {
-                    self.report_once(format!("job `{name}` ({}): {message}", loaded.path.display()));
+                    self.report_once(format!("job `{name}` ({}): refused: {message}", loaded.path.display()));
+                    self.record_refusal(&name, &loaded.path.display().to_string(), &message).await;
+                    refused += 1;
                     invalid.push(name);
                 }
             }
         }
+        DaemonMetrics::get().jobs_refused.set(refused as f64);
         // Done when nothing is left that could still make progress.
         if !self.cfg.exit_when_done || self.cancel.is_cancelled() || open > 0 || !self.tasks.is_empty() {
             return None;
@@ -245,6 +256,35 @@ impl Supervisor {
 
     fn publish_workers(&self) {
         DaemonMetrics::get().active_workers.set(self.active.values().map(|a| a.workers).sum::<usize>() as f64);
+    }
+
+    /// Store a refusal for `status` (once per reason), and show it in `pgbackfill_job_state`.
+    async fn record_refusal(&mut self, name: &str, file: &str, reason: &str) {
+        publish_state(name, JobState::Refused);
+        self.accepted.remove(name);
+        if self.refused.get(name).map(String::as_str) == Some(reason) {
+            return;
+        }
+        match self.ctx.progress.refuse(name, file, reason, &self.cfg.owner).await {
+            Ok(()) => {
+                self.refused.insert(name.to_string(), reason.to_string());
+            }
+            Err(e) => tracing::warn!(job = %name, error = %e, "could not record the refusal; will retry"),
+        }
+    }
+
+    /// The job's spec is accepted: clear a refusal recorded earlier (by any daemon), once.
+    async fn accept(&mut self, name: &str) {
+        if self.accepted.contains(name) {
+            return;
+        }
+        match self.ctx.progress.clear_refusal(name).await {
+            Ok(()) => {
+                self.accepted.insert(name.to_string());
+                self.refused.remove(name);
+            }
+            Err(e) => tracing::warn!(job = %name, error = %e, "could not clear an earlier refusal; will retry"),
+        }
     }
 
     fn report_once(&mut self, message: String) {
@@ -314,7 +354,9 @@ impl Supervisor {
                 return Ok(None);
             }
         };
+        self.accept(&name).await;
         if row.state.is_terminal() || row.state == State::Paused {
+            publish_state(&name, JobState::of(&row));
             // Paused, cancelled or failed from elsewhere: stop our workers now, even those waiting
             // on the throttle or sleeping between batches, which would only notice at their next batch.
             if let Some(active) = self.active.get(&name) {
@@ -336,7 +378,7 @@ impl Supervisor {
                     tracing::info!(job = %name, ranges = ranges.len(), "job started: key ranges planned");
                 }
                 Err(e) => {
-                    tracing::warn!(job = %name, error = %e, "could not plan ranges; will retry");
+                    tracing::warn!(job = %name, error = %crate::error::sql(&e), "could not plan ranges; will retry");
                     return Ok(None);
                 }
             }
@@ -359,12 +401,20 @@ impl Supervisor {
             }
         }
         self.claim_ranges(&job).await;
+        // This daemon's view: running (or held) when it works the job, else what the table shows.
+        let here = match self.active.get(&name) {
+            Some(_) if row.throttle_reason.is_some() => JobState::Held,
+            Some(_) => JobState::Running,
+            None => JobState::of(&row),
+        };
+        publish_state(&name, here);
         Ok(Some(row.state))
     }
 
     /// `Ok(Err)`: the spec does not fit the database (a finding); `Err`: the database did not answer.
     async fn resolve(&self, spec: JobSpec) -> Result<Result<Job, String>, String> {
-        let mut conn = self.ctx.pool.acquire().await.map_err(|e| format!("database unavailable: {e}"))?;
+        let mut conn =
+            self.ctx.pool.acquire().await.map_err(|e| format!("database unavailable: {}", crate::error::sql(&e)))?;
         match catalog::resolve(&mut conn, &spec).await {
             Ok(Ok(resolved)) => Ok(Ok(Job::new(spec, resolved))),
             Ok(Err(findings)) => Ok(Err(findings
@@ -372,7 +422,7 @@ impl Supervisor {
                 .map(|f| format!("{}: {} (fix: {})", f.field, f.message, f.hint))
                 .collect::<Vec<_>>()
                 .join("; "))),
-            Err(e) => Err(format!("database error while resolving: {e}")),
+            Err(e) => Err(format!("database error while resolving: {}", crate::error::sql(&e))),
         }
     }
 
@@ -455,8 +505,13 @@ async fn finalize(ctx: &Context, job: &Job) {
 /// `status` computes them.
 fn publish_job(job: &Job, row: &JobRow) {
     let status = crate::status::JobStatus::from_row(row);
-    job.metrics.set_state(row.state.as_str());
+    job.metrics.set_state(status.state.as_str());
     job.metrics.set_progress(status.percent.map(|p| p / 100.0), status.eta_seconds);
+}
+
+/// Only the state: this daemon's view of a job (see [`JobState`]).
+fn publish_state(job: &str, state: JobState) {
+    JobMetrics::new(job).set_state(state.as_str());
 }
 
 fn spec_json(spec: &JobSpec) -> serde_json::Value {
@@ -470,11 +525,11 @@ async fn verify(ctx: &Context, job: &Job) -> Result<Option<i64>, String> {
     }
     let ranges = ctx.progress.ranges(job.name()).await.map_err(|e| e.to_string())?;
     let Some(last) = ranges.last() else { return Ok(Some(0)) };
-    let mut conn = ctx.pool.acquire().await.map_err(|e| e.to_string())?;
+    let mut conn = ctx.pool.acquire().await.map_err(|e| crate::error::sql(&e))?;
     batch::count(&mut conn, &job.statements.leftover_from_start, &[&last.upper_bound])
         .await
         .map(Some)
-        .map_err(|e| e.to_string())
+        .map_err(|e| crate::error::sql(&e))
 }
 
 /// Fix a job's key ranges: the upper bound is today's largest key (rows inserted later are the

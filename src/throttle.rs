@@ -649,9 +649,10 @@ type ReplicationRow = (i32, String, Option<String>, Option<f64>, Option<f64>, Op
 pub async fn measure(pool: &sqlx::PgPool, cfg: &ControllerConfig, tracker: &mut Tracker) -> Measurement {
     let mut m = match try_measure(pool, cfg, tracker).await {
         Ok(m) => m,
-        Err(e) => {
-            Measurement { error: Some(format!("cannot read pg_stat_replication: {e}")), ..Measurement::unknown() }
-        }
+        Err(e) => Measurement {
+            error: Some(format!("cannot read pg_stat_replication: {}", crate::error::sql(&e))),
+            ..Measurement::unknown()
+        },
     };
     m.valid_for = cfg.measurement_valid_for();
     m

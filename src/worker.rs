@@ -68,6 +68,18 @@ pub enum RangeOutcome {
     Failed(String),
 }
 
+impl std::fmt::Display for RangeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RangeOutcome::Done => f.write_str("done"),
+            RangeOutcome::NotRunning(state) => write!(f, "job {state}"),
+            RangeOutcome::Lost => f.write_str("claim lost"),
+            RangeOutcome::Stopped => f.write_str("stopped"),
+            RangeOutcome::Failed(e) => write!(f, "failed: {e}"),
+        }
+    }
+}
+
 /// What a worker needs from the daemon.
 #[derive(Clone)]
 pub struct Context {
@@ -173,7 +185,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                 let kind = retry::label(&err);
                 job.metrics.batch_failed(BatchOutcome::of_error(&err));
                 let disposition = retry::classify(&err);
-                let message = err.to_string();
+                let message = crate::error::sql(&err);
                 if disposition == Disposition::Permanent {
                     tracing::error!(job = %name, range = claim.range_no, error = %message, "permanent error: failing the job");
                     if let Err(e) = ctx.progress.fail(&name, &message).await {
@@ -225,7 +237,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
             }
         }
     }
-    tracing::info!(job = %name, range = claim.range_no, outcome = ?outcome, "range worker finished");
+    tracing::info!(job = %name, range = claim.range_no, outcome = %outcome, "range worker finished");
     outcome
 }
 

@@ -384,7 +384,8 @@ async fn a_permanent_error_fails_its_job_while_another_completes() {
 
     let text = run_cli(&db.url, &["status"]);
     let line = text.lines().find(|l| l.starts_with("divide ")).unwrap_or_else(|| panic!("no divide line:\n{text}"));
-    assert!(line.contains("failed") && line.contains("division by zero"), "{text}");
+    assert!(line.contains("failed") && text.contains("last error: division by zero"), "{text}");
+    assert!(!text.contains("at line"), "no server source positions in errors:\n{text}");
     let json = status_json(&db.url, "divide");
     assert_eq!(json["state"], "failed", "{json}");
     assert!(json["last_error"].as_str().is_some_and(|e| e.contains("division by zero")), "{json}");
@@ -569,6 +570,11 @@ async fn changing_a_running_jobs_set_is_refused_and_tuning_is_accepted() {
     assert_eq!(before, after, "no batch runs while the spec's meaning is refused");
     assert_eq!(count(&pool, "SELECT count(*) FROM t WHERE n > 1").await, 0, "the new `set` never ran");
     assert_eq!(job_now(&pool, "meaning").await.state, "running", "the job itself is left as it was");
+    // ... but `status` does not call it running: it shows the refusal and its reason.
+    let json = status_json(&db.url, "meaning");
+    assert_eq!(json["state"], "refused", "{json}");
+    assert!(json["refused"]["reason"].as_str().is_some_and(|r| r.contains("set changed")), "{json}");
+    assert!(run_cli(&db.url, &["status"]).contains("refused since"), "text status shows the refusal");
 
     // Back to the recorded meaning, with a different batch size: accepted, and used.
     jobs.write("job", &spec("meaning", "t", 40, "  pause: 10ms\n"));

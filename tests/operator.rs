@@ -1,0 +1,231 @@
+//! The operator's view (issue 12): `status`, `check` and the CLI tell the truth, through the real
+//! binary against real PostgreSQL. Each test asserts what is printed and the exit code.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use common::daemon::{Daemon, JobsDir, cli, wait_state};
+use common::{TestDb, cluster, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+const REACT: Duration = Duration::from_secs(30);
+
+async fn database(setup: &str) -> (TestDb, PgPool) {
+    let db = cluster().await.new_database().await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(AssertSqlSafe(setup.to_string())).execute(&pool).await.unwrap_or_else(|e| panic!("setup: {e}"));
+    (db, pool)
+}
+
+/// 3000 rows with `n = 0`.
+const TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+    INSERT INTO t (id) SELECT g FROM generate_series(1, 3000) g;";
+
+/// A job slow enough to act on while it runs (10 rows a batch, 100 ms apart).
+fn slow(name: &str) -> String {
+    format!(
+        "name: {name}\ntable: t\nset:\n  n: n + 1\nwhere: n = 0\nbatch:\n  size: 10\n  min_size: 1\n  pause: 100ms\n"
+    )
+}
+
+fn text(out: &Output) -> String {
+    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), stdout(out), stderr(out))
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `status --json NAME`: the job's object (the command must succeed).
+fn status_json(url: &str, name: &str) -> Value {
+    let out = cli(url, &["status", "--json", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{}", text(&out)));
+    v["jobs"][0].clone()
+}
+
+/// The text `status NAME` prints for a job: its line and the indented lines under it.
+fn status_text(url: &str, name: &str) -> String {
+    let out = cli(url, &["status", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    stdout(&out)
+}
+
+async fn wait_json_state(url: &str, name: &str, state: &str, daemon: &Daemon) -> Value {
+    let mut last = Value::Null;
+    let ok = pgbackfill::localpg::poll_until(REACT, || {
+        let out = cli(url, &["status", "--json", name]);
+        last = serde_json::from_slice::<Value>(&out.stdout).map(|v| v["jobs"][0].clone()).unwrap_or(Value::Null);
+        let done = last["state"] == state;
+        async move { done }
+    })
+    .await;
+    assert!(ok, "status never showed {state} for {name}; last: {last}\ndaemon log:\n{}", daemon.log());
+    last
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn scrape(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// The value of the one sample of `metric` whose labels contain every one of `labels`.
+fn sample(body: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name_labels, value) = l.rsplit_once(' ')?;
+        let (name, rest) = name_labels.split_once('{').unwrap_or((name_labels, ""));
+        (name == metric && labels.iter().all(|want| rest.contains(want))).then(|| value.parse().ok())?
+    })
+}
+
+// ----- states: running only while a live daemon runs the job -----
+
+#[tokio::test]
+async fn status_shows_running_paused_and_orphaned_for_what_they_are() {
+    let (db, pool) = database(TABLE).await;
+    let jobs = JobsDir::new();
+    jobs.write("job", &slow("states"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    let running = wait_json_state(&db.url, "states", "running", &daemon).await;
+    assert!(running["owners"].as_array().is_some_and(|o| !o.is_empty()), "{running}");
+
+    // Richer status: start time, elapsed, batch size, key position.
+    wait_until(REACT, "a key position", || async { status_json(&db.url, "states")["key_position"].is_array() }).await;
+    let j = status_json(&db.url, "states");
+    assert!(j["started_at"].is_string() && j["elapsed_seconds"].is_number(), "{j}");
+    assert_eq!(j["batch_size"], 10, "{j}");
+    let text = status_text(&db.url, "states");
+    assert!(text.contains("started ") && text.contains("batch 10 rows") && text.contains("key at ("), "{text}");
+
+    // Paused: no rate and no ETA.
+    let out = cli(&db.url, &["pause", "states"]);
+    assert!(out.status.success(), "{}", text_of(&out));
+    let paused = wait_json_state(&db.url, "states", "paused", &daemon).await;
+    assert!(paused["rows_per_second"].is_null() && paused["eta_seconds"].is_null(), "{paused}");
+    let line = status_text(&db.url, "states");
+    let first = line.lines().nth(1).unwrap_or_default().to_string();
+    assert!(first.contains("paused"), "{line}");
+    let cols: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(&cols[cols.len() - 2..], ["-", "-"], "no rows/s and no ETA while paused:\n{line}");
+
+    // Resumed, then the daemon shuts down cleanly: the table still says running, status must not.
+    assert!(cli(&db.url, &["resume", "states"]).status.success());
+    wait_json_state(&db.url, "states", "running", &daemon).await;
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
+    let stored: String =
+        sqlx::query_scalar("SELECT state FROM pgbackfill.jobs WHERE name = 'states'").fetch_one(&pool).await.unwrap();
+    assert_eq!(stored, "running");
+    let j = status_json(&db.url, "states");
+    assert_eq!(j["state"], "orphaned", "{j}");
+    assert!(j["rows_per_second"].is_null() && j["eta_seconds"].is_null(), "{j}");
+    let text = status_text(&db.url, "states");
+    assert!(text.contains("orphaned") && text.contains("no live daemon"), "{text}");
+    assert!(!text.contains("running"), "{text}");
+}
+
+fn text_of(out: &Output) -> String {
+    text(out)
+}
+
+// ----- refused: recorded by the daemon, shown, counted, and failing --exit-when-done -----
+
+#[tokio::test]
+async fn a_refused_job_is_shown_counted_and_fails_exit_when_done() {
+    let (db, pool) = database(TABLE).await;
+    // The daemon runs as a role without UPDATE on the table: the spec is refused before it ever ran.
+    let role = format!("{}_daemon", db.name);
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN IN ROLE pg_monitor; GRANT SELECT ON t TO {role}; \
+         GRANT CREATE ON DATABASE {} TO {role}",
+        db.name
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url, "the test URL names its user: {}", db.url);
+    let jobs = JobsDir::new();
+    jobs.write("job", &slow("nogrant"));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start(&url, jobs.path(), &["--metrics-addr", &addr, "--exit-when-done"]);
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(1), "a refused job fails the run; log:\n{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("nogrant (invalid)") || log.contains("nogrant"), "{log}");
+
+    let j = status_json(&db.url, "nogrant");
+    assert_eq!(j["state"], "refused", "{j}");
+    let reason = j["refused"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("UPDATE"), "the reason names the missing privilege: {j}");
+    let text = status_text(&db.url, "nogrant");
+    assert!(text.contains("refused") && text.contains("refused since") && text.contains("UPDATE"), "{text}");
+
+    // Metrics: a daemon left running shows the refusal in the gauge and the state label set.
+    let mut daemon = Daemon::start(&url, jobs.path(), &["--metrics-addr", &addr]);
+    let mut body = String::new();
+    let ok = pgbackfill::localpg::poll_until(REACT, || {
+        body = std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| scrape(port)).unwrap_or_default();
+        let seen = sample(&body, "pgbackfill_jobs_refused", &[]) == Some(1.0);
+        async move { seen }
+    })
+    .await;
+    assert!(ok, "pgbackfill_jobs_refused never reached 1:\n{body}\nlog:\n{}", daemon.log());
+    let state = |s: &str| sample(&body, "pgbackfill_job_state", &["job=\"nogrant\"", &format!("state=\"{s}\"")]);
+    assert_eq!(state("refused"), Some(1.0), "{body}");
+    for s in ["pending", "running", "held", "orphaned", "paused", "completed", "failed", "cancelled"] {
+        assert_eq!(state(s), Some(0.0), "every state label is declared: {s}\n{body}");
+    }
+
+    // Granting the privilege clears the refusal: the job runs and completes.
+    sqlx::query(AssertSqlSafe(format!("GRANT UPDATE ON t TO {role}"))).execute(&pool).await.unwrap();
+    wait_state(&pool, "nogrant", "completed", DEADLINE, Some(&daemon)).await;
+    let j = status_json(&db.url, "nogrant");
+    assert_eq!(j["state"], "completed", "{j}");
+    assert!(j["refused"].is_null(), "{j}");
+    assert_eq!(j["verified"], true, "{j}");
+    assert!(status_text(&db.url, "nogrant").contains("verified: no row"), "verified is said in words");
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
+}
+
+// ----- status of a job that does not exist, and before any daemon ran -----
+
+#[tokio::test]
+async fn status_of_an_unknown_job_fails_and_a_missing_schema_is_explained() {
+    let (db, _pool) = database(TABLE).await;
+    let out = cli(&db.url, &["status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("progress schema `pgbackfill` does not exist"), "{}", text(&out));
+    assert!(stderr(&out).contains("pgbackfill migrate"), "{}", text(&out));
+
+    let out = cli(&db.url, &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&db.url, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("no jobs in the progress table"), "{}", text(&out));
+
+    let out = cli(&db.url, &["status", "nosuchjob"]);
+    assert_eq!(out.status.code(), Some(2), "like `pause nosuchjob`: {}", text(&out));
+    assert!(stderr(&out).contains("no job named `nosuchjob`"), "{}", text(&out));
+    let out = cli(&db.url, &["pause", "nosuchjob"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
