@@ -93,7 +93,8 @@ async fn outside_its_window_a_job_writes_nothing_and_starts_when_the_window_open
         assert_eq!(written, 0, "the cursor moved outside the window");
         if !said_so {
             let s = status_json(&db.url, "sched");
-            if let Some(reason) = s["throttled"].as_str() {
+            if let Some(reason) = s["held_by"].as_str() {
+                assert_eq!(s["state"], "held", "{s}");
                 assert!(reason.contains("outside its schedule windows"), "{reason}");
                 assert!(reason.contains(&expected), "`{expected}` not in `{reason}`");
                 let text = status_text(&db.url);
