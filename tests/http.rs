@@ -170,6 +170,10 @@ async fn running_daemon_serves_health_readiness_status_and_the_full_metrics_cont
     };
     let found = types(&body);
     for name in m::ALL {
+        // One series per `then` step: none for a job without steps.
+        if *name == m::STEP_STATE {
+            continue;
+        }
         assert_eq!(found.get(*name).map(String::as_str), Some(expected_type(name)), "{name} in:\n{body}");
     }
     for o in m::BatchOutcome::ALL {
