@@ -97,11 +97,16 @@ def panels():
             {"color": "green", "value": None}, {"color": "red", "value": 1}]}},
     ))
     p.append(panel(
-        3, "stat", "Invalid job specs", (12, 0, 6, 4),
-        [("max(pgbackfill_spec_errors) or vector(0)", "files", "A", True)],
-        "Spec files in the jobs directory that fail validation (`pgbackfill check DIR` says why). "
-        "Other jobs keep running.",
-        options={"colorMode": "value", "graphMode": "none", "reduceOptions": {"calcs": ["lastNotNull"]}},
+        3, "stat", "Invalid specs / refused jobs", (12, 0, 6, 4),
+        [
+            ("max(pgbackfill_spec_errors) or vector(0)", "invalid files", "A", True),
+            ("max(pgbackfill_jobs_refused) or vector(0)", "refused jobs", "B", True),
+        ],
+        "Spec files in the jobs directory that fail validation (`pgbackfill check DIR` says why), "
+        "and valid specs a daemon refuses against the database (changed meaning, missing "
+        "privilege: `pgbackfill status`). Other jobs keep running.",
+        options={"colorMode": "value", "graphMode": "none", "textMode": "value_and_name",
+                 "reduceOptions": {"calcs": ["lastNotNull"]}},
         defaults={"thresholds": {"mode": "absolute", "steps": [
             {"color": "green", "value": None}, {"color": "orange", "value": 1}]}},
     ))
