@@ -55,6 +55,11 @@ pub struct Statements {
     pub leftover_after: String,
     /// Same from the first key: binds `upper...`.
     pub leftover_from_start: String,
+    /// One verification chunk from the first key: binds `upper..., limit`. Returns the keys
+    /// examined, how many of them still match `where`, and the chunk's last key.
+    pub verify_first: String,
+    /// One verification chunk after a cursor: binds `cursor..., upper..., limit`.
+    pub verify_next: String,
     /// Keys below `upper` in order, for choosing range boundaries: binds `upper..., limit`.
     /// `{sample}` is replaced by a TABLESAMPLE clause or nothing.
     pub ordered_keys: String,
@@ -148,6 +153,38 @@ impl Target {
         )
     }
 
+    /// A verification chunk: the next slice of keys (as a batch takes it), counting the rows that
+    /// still match `where`. Read only, and bounded like a batch, so verification never holds one
+    /// long snapshot over the whole table.
+    fn verify_chunk(&self, with_cursor: bool) -> String {
+        let n = self.key.len();
+        let row = self.row();
+        let (lower, upper_param, limit_param) = if with_cursor {
+            (format!("{row} {} {}\n      AND ", self.op(">"), self.params(1)), self.params(n + 1), 2 * n + 1)
+        } else {
+            (String::new(), self.params(1), n + 1)
+        };
+        let matches = match &self.where_ {
+            Some(w) => format!("CASE WHEN ({w}) THEN 1 ELSE 0 END"),
+            None => "0".to_string(),
+        };
+        format!(
+            "WITH slice AS MATERIALIZED (\n\
+             \x20   SELECT {keys}, {matches} AS \"pgbackfill matches\" FROM {table}\n\
+             \x20   WHERE {lower}{row} {le} {upper_param}\n\
+             \x20   ORDER BY {keys} LIMIT ${limit_param}\n\
+             )\n\
+             SELECT (SELECT count(*) FROM slice) AS scanned,\n\
+             \x20      (SELECT coalesce(sum(\"pgbackfill matches\"), 0)::int8 FROM slice) AS matching,\n\
+             \x20      (SELECT {cursor} FROM slice ORDER BY {desc} LIMIT 1) AS cursor",
+            keys = self.key_list(""),
+            table = self.table.quoted(),
+            le = self.op("<="),
+            desc = self.key_desc(),
+            cursor = self.key_as_text_array(),
+        )
+    }
+
     /// Generate every statement of the job.
     pub fn statements(&self) -> Statements {
         let n = self.key.len();
@@ -173,6 +210,8 @@ impl Target {
                 self.op("<="),
                 self.params(1)
             ),
+            verify_first: self.verify_chunk(false),
+            verify_next: self.verify_chunk(true),
             ordered_keys: format!(
                 "SELECT {} FROM {table}{{sample}} WHERE {row} {} {} ORDER BY {} LIMIT ${}",
                 self.key_as_text_array(),
@@ -273,6 +312,22 @@ SELECT (SELECT count(*) FROM slice) AS scanned,
     }
 
     #[test]
+    fn golden_verify_chunk() {
+        assert_eq!(
+            orders().statements().verify_next,
+            r#"WITH slice AS MATERIALIZED (
+    SELECT "id", CASE WHEN (fulfillment_channel IS NULL) THEN 1 ELSE 0 END AS "pgbackfill matches" FROM "public"."orders"
+    WHERE ("id") OPERATOR("pg_catalog".>) (CAST($1::text AS bigint))
+      AND ("id") OPERATOR("pg_catalog".<=) (CAST($2::text AS bigint))
+    ORDER BY "id" LIMIT $3
+)
+SELECT (SELECT count(*) FROM slice) AS scanned,
+       (SELECT coalesce(sum("pgbackfill matches"), 0)::int8 FROM slice) AS matching,
+       (SELECT ARRAY["id"::text] FROM slice ORDER BY "id" DESC LIMIT 1) AS cursor"#
+        );
+    }
+
+    #[test]
     fn no_statement_uses_offset() {
         let s = orders().statements();
         for sql in [&s.first_batch, &s.next_batch, &s.max_key, &s.leftover_after, &s.ordered_keys] {
@@ -339,6 +394,32 @@ pub async fn execute(
     }
     let (scanned, updated, cursor) = query.bind(limit).fetch_one(conn).await?;
     Ok(BatchResult { scanned, updated, cursor })
+}
+
+/// What one verification chunk found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyChunk {
+    pub scanned: i64,
+    /// Rows of the chunk still matching `where`.
+    pub matching: i64,
+    pub cursor: Option<KeyValue>,
+}
+
+/// Run one verification chunk after `cursor` (from the first key when `None`), up to `upper`.
+pub async fn verify_chunk(
+    conn: &mut sqlx::PgConnection,
+    statements: &Statements,
+    cursor: Option<&KeyValue>,
+    upper: &KeyValue,
+    limit: i64,
+) -> Result<VerifyChunk, sqlx::Error> {
+    let sql = if cursor.is_some() { &statements.verify_next } else { &statements.verify_first };
+    let mut query = sqlx::query_as::<_, (i64, i64, Option<Vec<String>>)>(sqlx::AssertSqlSafe(sql.as_str()));
+    for v in cursor.into_iter().flatten().chain(upper) {
+        query = query.bind(v);
+    }
+    let (scanned, matching, cursor) = query.bind(limit).fetch_one(conn).await?;
+    Ok(VerifyChunk { scanned, matching, cursor })
 }
 
 /// Bind a key value's parts, then run a count statement.

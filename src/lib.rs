@@ -20,4 +20,5 @@ pub mod status;
 pub mod steps;
 pub mod supervisor;
 pub mod throttle;
+pub mod verify;
 pub mod worker;

@@ -117,6 +117,18 @@ CREATE TABLE {schema}.refusals (
 );
 "#,
     ),
+    (
+        5,
+        // Verification in keyset chunks (issue 10): its cursor and counts advance in each chunk's
+        // own transaction, like a range's, so it resumes where it stopped.
+        r#"
+ALTER TABLE {schema}.jobs
+    ADD COLUMN verify_cursor   text[],
+    ADD COLUMN verify_checked  bigint NOT NULL DEFAULT 0,
+    ADD COLUMN verify_matching bigint NOT NULL DEFAULT 0,
+    ADD COLUMN verify_done     boolean NOT NULL DEFAULT false;
+"#,
+    ),
 ];
 
 #[derive(Debug, Error)]
@@ -203,6 +215,8 @@ pub struct JobRow {
     pub batches: i64,
     pub ranges: i64,
     pub ranges_done: i64,
+    /// Rows the completion check has examined so far (it runs in chunks once every range is done).
+    pub verify_checked: i64,
     pub owners: Vec<String>,
     /// The largest current batch size of the job's open ranges.
     pub batch_size: Option<i64>,
@@ -256,6 +270,16 @@ pub struct Locked {
     pub lower_bound: Option<KeyValue>,
     pub upper_bound: KeyValue,
     pub batch_size: Option<i64>,
+    pub done: bool,
+}
+
+/// A job's verification, locked for one chunk ([`Progress::lock_verify`]).
+#[derive(Debug, Clone)]
+pub struct VerifyLocked {
+    pub job_state: State,
+    pub cursor: Option<KeyValue>,
+    /// Rows found still matching `where` so far.
+    pub matching: i64,
     pub done: bool,
 }
 
@@ -564,6 +588,51 @@ impl Progress {
     }
 
     /// running → completed, storing the verification count. Idempotent across daemons.
+    /// Lock the job's row for one verification chunk and read where verification stands. Chunks
+    /// of any daemons serialize on this lock, so each row is counted once. `FOR NO KEY UPDATE`
+    /// leaves the range rows' foreign-key checks alone.
+    pub async fn lock_verify(&self, tx: &mut Tx<'_>, name: &str) -> Result<Option<VerifyLocked>, ProgressError> {
+        type Row = (String, Option<Vec<String>>, i64, bool);
+        let row: Option<Row> = sqlx::query_as(self.sql(
+            "SELECT state, verify_cursor, verify_matching, verify_done FROM {schema}.jobs WHERE name = $1 \
+             FOR NO KEY UPDATE",
+        ))
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.map(|(state, cursor, matching, done)| VerifyLocked {
+            job_state: State::parse(&state),
+            cursor,
+            matching,
+            done,
+        }))
+    }
+
+    /// Advance verification by one chunk, in the chunk's transaction (after [`Self::lock_verify`]).
+    pub async fn advance_verify(
+        &self,
+        tx: &mut Tx<'_>,
+        name: &str,
+        cursor: Option<&KeyValue>,
+        checked: i64,
+        matching: i64,
+        done: bool,
+    ) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET verify_cursor = coalesce($2, verify_cursor), \
+             verify_checked = verify_checked + $3, verify_matching = verify_matching + $4, verify_done = $5, \
+             updated_at = now() WHERE name = $1",
+        ))
+        .bind(name)
+        .bind(cursor)
+        .bind(checked)
+        .bind(matching)
+        .bind(done)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     pub async fn complete(&self, name: &str, leftover_rows: Option<i64>) -> Result<bool, ProgressError> {
         let r = sqlx::query(self.sql(
             "UPDATE {schema}.jobs SET state = 'completed', leftover_rows = $2, finished_at = now(), \
@@ -683,7 +752,7 @@ impl Progress {
         let rows = sqlx::query(self.sql(
             "SELECT j.name, j.state, j.planned, j.fingerprint, j.estimated_rows, j.leftover_rows, j.last_error, \
              j.throttle_reason, j.throttled_seconds, j.paused_seconds, j.created_at, j.started_at, j.finished_at, \
-             j.state_changed_at, coalesce(sum(r.rows_updated), 0)::int8 AS rows_updated, \
+             j.state_changed_at, j.verify_checked, coalesce(sum(r.rows_updated), 0)::int8 AS rows_updated, \
              coalesce(sum(r.rows_scanned), 0)::int8 AS rows_scanned, coalesce(sum(r.batches), 0)::int8 AS batches, \
              count(r.range_no) AS ranges, count(r.range_no) FILTER (WHERE r.done) AS ranges_done, \
              coalesce(array_agg(DISTINCT r.owner) FILTER (WHERE r.owner IS NOT NULL AND r.lease_until > now()), '{}') AS owners, \
@@ -735,6 +804,7 @@ impl Progress {
                     batches: r.try_get("batches")?,
                     ranges: r.try_get("ranges")?,
                     ranges_done: r.try_get("ranges_done")?,
+                    verify_checked: r.try_get("verify_checked")?,
                     owners: r.try_get("owners")?,
                     batch_size: r.try_get("batch_size")?,
                     key_sensitive: r.try_get("key_sensitive")?,
@@ -776,6 +846,7 @@ impl Progress {
                 batches: 0,
                 ranges: 0,
                 ranges_done: 0,
+                verify_checked: 0,
                 owners: Vec::new(),
                 batch_size: None,
                 key_sensitive: false,

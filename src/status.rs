@@ -148,6 +148,9 @@ pub struct JobStatus {
     pub paused_seconds: f64,
     pub ranges: i64,
     pub ranges_done: i64,
+    /// Verification in progress (every range done, job not yet completed): rows of the walked
+    /// range checked against `where` so far. `None` when no verification is running.
+    pub verify_checked_rows: Option<i64>,
     pub owners: Vec<String>,
     pub last_error: Option<String>,
     /// `then` steps, in order (filled by the caller: they live in their own table).
@@ -212,6 +215,8 @@ impl JobStatus {
             paused_seconds: r.paused_seconds + paused_now,
             ranges: r.ranges,
             ranges_done: r.ranges_done,
+            verify_checked_rows: (r.state == State::Running && r.ranges > 0 && r.ranges_done == r.ranges)
+                .then_some(r.verify_checked),
             owners: r.owners.clone(),
             last_error: r.last_error.clone(),
             steps: Vec::new(),
@@ -349,6 +354,9 @@ pub fn details(j: &JobStatus) -> Vec<String> {
     }
     if !progress.is_empty() {
         lines.push(progress.join("; "));
+    }
+    if let Some(n) = j.verify_checked_rows {
+        lines.push(format!("verifying: {n} of {} rows checked against `where`", j.rows_scanned));
     }
     if j.stored_state == State::Completed {
         lines.push(match (j.verified, j.leftover_rows) {

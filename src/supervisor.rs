@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{self, KeyValue};
+use crate::batch::KeyValue;
 use crate::catalog;
 use crate::metrics::{DaemonMetrics, JobMetrics};
 use crate::progress::{Claim, JobRow, Progress, ProgressError, State};
@@ -465,8 +465,9 @@ impl Supervisor {
             return;
         }
         let (ctx, finalizing, finalized) = (self.ctx.clone(), self.finalizing.clone(), self.finalized.clone());
+        let cancel = self.cancel.child_token();
         tokio::spawn(async move {
-            finalize(&ctx, &job).await;
+            finalize(&ctx, &job, &cancel).await;
             finalizing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&name);
             finalized.notify_one();
         });
@@ -475,14 +476,15 @@ impl Supervisor {
 
 /// Count rows still matching `where` and mark the job completed. Idempotent across daemons; a
 /// failure is retried by a later scan.
-async fn finalize(ctx: &Context, job: &Job) {
+async fn finalize(ctx: &Context, job: &Job, cancel: &CancellationToken) {
     let name = job.name();
     match ctx.progress.all_ranges_done(name).await {
         Ok(true) => {}
         _ => return,
     }
-    let leftover = match verify(ctx, job).await {
-        Ok(v) => v,
+    let leftover = match crate::verify::run(ctx, job, cancel).await {
+        Ok(crate::verify::Verified::Done(v)) => v,
+        Ok(crate::verify::Verified::Stopped) => return,
         Err(e) => {
             tracing::warn!(job = %name, error = %e, "verification query failed; will retry");
             return;
@@ -516,20 +518,6 @@ fn publish_state(job: &str, state: JobState) {
 
 fn spec_json(spec: &JobSpec) -> serde_json::Value {
     serde_json::to_value(spec).unwrap_or(serde_json::Value::Null)
-}
-
-/// Rows in the job's whole key range that still match `where` (None without a `where`).
-async fn verify(ctx: &Context, job: &Job) -> Result<Option<i64>, String> {
-    if job.spec.where_.is_none() {
-        return Ok(None);
-    }
-    let ranges = ctx.progress.ranges(job.name()).await.map_err(|e| e.to_string())?;
-    let Some(last) = ranges.last() else { return Ok(Some(0)) };
-    let mut conn = ctx.pool.acquire().await.map_err(|e| crate::error::sql(&e))?;
-    batch::count(&mut conn, &job.statements.leftover_from_start, &[&last.upper_bound])
-        .await
-        .map(Some)
-        .map_err(|e| crate::error::sql(&e))
 }
 
 /// Fix a job's key ranges: the upper bound is today's largest key (rows inserted later are the

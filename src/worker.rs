@@ -404,6 +404,37 @@ async fn wait_for_gate(
     }
 }
 
+/// The throttle gate for work that is not a range worker (the chunked verification, `verify`):
+/// the same decision and the same throttle bookkeeping in the progress table and metrics.
+pub struct GateKeeper {
+    gate: Gate,
+    measurements: Measurements,
+    clock: ThrottleClock,
+}
+
+impl GateKeeper {
+    pub fn new(ctx: &Context, job: &Job) -> Self {
+        Self {
+            gate: Gate::new(job.spec.throttle.clone()),
+            measurements: ctx.measurements.clone(),
+            clock: ThrottleClock::default(),
+        }
+    }
+
+    /// Wait until the gate opens; the rate scale, or `None` on cancellation.
+    pub async fn wait(&mut self, ctx: &Context, job: &Job, cancel: &CancellationToken) -> Option<f64> {
+        wait_for_gate(ctx, job, &mut self.gate, &mut self.measurements, &mut self.clock, None, cancel).await
+    }
+
+    /// Record the end of a throttled period still open.
+    pub async fn finish(&mut self, ctx: &Context, job: &Job) {
+        if self.clock.since.is_some() {
+            self.clock.flush(ctx, job, None).await;
+            job.metrics.set_throttle(None, 1.0);
+        }
+    }
+}
+
 /// The sleep after a batch that took `elapsed` so that batches fill `scale` of the time.
 /// Capped so a slow batch at a low rate cannot park the worker for long.
 pub fn duty_cycle_rest(elapsed: Duration, scale: f64) -> Duration {
