@@ -1,0 +1,1063 @@
+//! The benchmark program (issue 9): pgbackfill against the ways people backfill by hand, on a real
+//! primary + streaming standby started like the tests' (`src/localpg.rs`), printing the tables of
+//! BENCHMARKS.md and writing its SVG charts.
+//!
+//! ```sh
+//! cargo bench --bench report                      # everything, the sizes of BENCHMARKS.md
+//! BENCH_ROWS=50000 BENCH_FLAT_ROWS=200000 BENCH_REPS=1 cargo bench --bench report   # a smoke run
+//! BENCH_ONLY=throughput,throttle cargo bench --bench report                      # some sections
+//! ```
+//!
+//! Environment: `BENCH_ROWS` (throughput and application-impact tables, default 1,000,000),
+//! `BENCH_REPS` (repetitions of the throughput table, default 3), `BENCH_FLAT_ROWS` (flatness,
+//! default 10,000,000), `BENCH_ONLY` (comma-separated: throughput, app, throttle, flat, footprint),
+//! `BENCH_OUT` (where the SVG charts go, default `benchmarks/`).
+//!
+//! Method: every run gets a fresh copy of one template table (same physical order, vacuumed and
+//! analyzed, checkpoint before), variants are alternated (the order rotates per repetition) and
+//! the throughput table gives each repetition's ratio to the single statement of that same
+//! repetition, and their median: timings on these machines vary ±15–30% from run to run.
+//! pgbackfill is timed end to end: from process start to exit, with `--exit-when-done`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use plotters::prelude::*;
+use sqlx::{AssertSqlSafe, PgPool};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+fn epoch_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(AssertSqlSafe(sql.to_string())).execute(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn scalar_i64(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(sql.to_string())).fetch_one(pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+// ----- the methods -----
+
+#[derive(Debug, Clone)]
+enum Method {
+    /// `UPDATE t SET channel = 'web' WHERE channel IS NULL`.
+    Single,
+    /// A server-side `DO` loop over 10,000-id ranges, one COMMIT per range.
+    DoLoop,
+    /// A client loop of 1,000-row keyset batches, each its own transaction.
+    ClientLoop,
+    /// pgbackfill with these `batch:` settings (YAML flow mapping, or empty for the defaults).
+    Pgbackfill { label: &'static str, concurrency: usize, batch: &'static str },
+}
+
+impl Method {
+    /// For chart axes.
+    fn short(&self) -> String {
+        match self {
+            Method::Single => "single".into(),
+            Method::DoLoop => "DO loop".into(),
+            Method::ClientLoop => "client 1k".into(),
+            Method::Pgbackfill { label, .. } => {
+                label.replace("pgbackfill ", "").replace(", ", " ").replace("-row batches", "").replace(" batches", "")
+            }
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Method::Single => "single statement".into(),
+            Method::DoLoop => "DO loop, 10k-id ranges".into(),
+            Method::ClientLoop => "client loop, 1k-row batches".into(),
+            Method::Pgbackfill { label, .. } => (*label).into(),
+        }
+    }
+}
+
+fn methods() -> Vec<Method> {
+    vec![
+        Method::Single,
+        Method::DoLoop,
+        Method::ClientLoop,
+        Method::Pgbackfill { label: "pgbackfill c=1, 10k-row batches", concurrency: 1, batch: "{size: 10000}" },
+        Method::Pgbackfill { label: "pgbackfill c=2, 10k-row batches", concurrency: 2, batch: "{size: 10000}" },
+        Method::Pgbackfill { label: "pgbackfill c=1, 2k-row batches", concurrency: 1, batch: "{size: 2000}" },
+        Method::Pgbackfill { label: "pgbackfill c=1, default batches", concurrency: 1, batch: "" },
+        Method::Pgbackfill {
+            label: "pgbackfill c=1, target_time 200ms",
+            concurrency: 1,
+            batch: "{size: 10000, target_time: 200ms}",
+        },
+    ]
+}
+
+/// What one run of a method measured.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    secs: f64,
+    /// pgbackfill only: peak RSS (KiB) and per-batch `(rows, ms)` from its log.
+    peak_rss_kib: Option<u64>,
+    batches: Vec<(f64, f64)>,
+}
+
+async fn run_method(env: &Env, method: &Method, table: &str) -> Run {
+    let pool = &env.pool;
+    match method {
+        Method::Single => {
+            let start = Instant::now();
+            exec(pool, &format!("UPDATE {table} SET channel = 'web' WHERE channel IS NULL")).await;
+            Run { secs: start.elapsed().as_secs_f64(), ..Run::default() }
+        }
+        Method::DoLoop => {
+            let start = Instant::now();
+            exec(
+                pool,
+                &format!(
+                    "DO $$ DECLARE lo bigint; mx bigint; BEGIN
+                       SELECT min(id) - 1, max(id) INTO lo, mx FROM {table};
+                       WHILE lo < mx LOOP
+                         UPDATE {table} SET channel = 'web' WHERE id > lo AND id <= lo + 10000 AND channel IS NULL;
+                         lo := lo + 10000;
+                         COMMIT;
+                       END LOOP;
+                     END $$"
+                ),
+            )
+            .await;
+            Run { secs: start.elapsed().as_secs_f64(), ..Run::default() }
+        }
+        Method::ClientLoop => {
+            let start = Instant::now();
+            let mut cursor: i64 = 0;
+            let next = format!("SELECT max(id) FROM (SELECT id FROM {table} WHERE id > $1 ORDER BY id LIMIT 1000) s");
+            let update = format!("UPDATE {table} SET channel = 'web' WHERE id > $1 AND id <= $2 AND channel IS NULL");
+            loop {
+                let last: Option<i64> = sqlx::query_scalar(AssertSqlSafe(next.as_str()))
+                    .bind(cursor)
+                    .fetch_one(pool)
+                    .await
+                    .expect("client loop: next slice");
+                let Some(last) = last else { break };
+                sqlx::query(AssertSqlSafe(update.as_str()))
+                    .bind(cursor)
+                    .bind(last)
+                    .execute(pool)
+                    .await
+                    .expect("client loop: update");
+                cursor = last;
+            }
+            Run { secs: start.elapsed().as_secs_f64(), ..Run::default() }
+        }
+        Method::Pgbackfill { concurrency, batch, .. } => {
+            let batch = if batch.is_empty() { String::new() } else { format!("batch: {batch}\n") };
+            let spec = format!(
+                "name: {table}\ntable: {table}\nset:\n  channel: \"'web'\"\nwhere: channel IS NULL\n{batch}\
+                 throttle: {{max_lag: 1h}}\nconcurrency: {concurrency}\n"
+            );
+            let d = Daemon::run_to_end(&env.url, &[(table, spec.as_str())]).await;
+            Run { secs: d.secs, peak_rss_kib: Some(d.peak_rss_kib), batches: d.batches }
+        }
+    }
+}
+
+// ----- pgbackfill as a process -----
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+struct Finished {
+    secs: f64,
+    peak_rss_kib: u64,
+    batches: Vec<(f64, f64)>,
+}
+
+impl Daemon {
+    fn start(url: &str, jobs: &[(&str, &str)], extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jobs_dir = dir.path().join("jobs");
+        std::fs::create_dir(&jobs_dir).expect("jobs dir");
+        for (name, yaml) in jobs {
+            std::fs::write(jobs_dir.join(format!("{name}.yaml")), yaml).expect("write spec");
+        }
+        let log = dir.path().join("daemon.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_pgbackfill"))
+            .args(["run", "--jobs"])
+            .arg(&jobs_dir)
+            .args(["--metrics-addr", ""])
+            .args(extra)
+            .env("DATABASE_URL", url)
+            .env("PGBACKFILL_LOG", "info,pgbackfill=debug,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn pgbackfill");
+        Daemon { child, log, _dir: dir }
+    }
+
+    /// Start with `--exit-when-done` and wait for the exit, sampling RSS every 50 ms.
+    async fn run_to_end(url: &str, jobs: &[(&str, &str)]) -> Finished {
+        let start = Instant::now();
+        let mut d = Daemon::start(url, jobs, &["--exit-when-done"]);
+        let mut peak = 0;
+        let status = loop {
+            if let Some(status) = d.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            peak = peak.max(rss_kib(d.child.id()).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let secs = start.elapsed().as_secs_f64();
+        let log = std::fs::read_to_string(&d.log).unwrap_or_default();
+        assert!(status.success(), "pgbackfill failed:\n{log}");
+        Finished { secs, peak_rss_kib: peak, batches: batches_from_log(&log) }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `(rows scanned, ms)` of every committed batch, from the daemon's debug log.
+fn batches_from_log(log: &str) -> Vec<(f64, f64)> {
+    let field = |l: &str, key: &str| -> Option<f64> {
+        l.split(key).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    log.lines()
+        .filter(|l| l.contains("batch committed"))
+        .filter_map(|l| Some((field(l, " scanned=")?, field(l, " ms=")?)))
+        .collect()
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+// ----- the environment -----
+
+struct Env {
+    cluster: common::Cluster,
+    db: common::TestDb,
+    pool: PgPool,
+    url: String,
+    out: PathBuf,
+    pg_bin: PathBuf,
+}
+
+impl Env {
+    /// A fresh copy of `template` named `table`: same rows in the same order, primary key, a
+    /// secondary index, vacuumed and analyzed, replayed on the standby, checkpointed.
+    async fn copy(&self, template: &str, table: &str) {
+        exec(
+            &self.pool,
+            &format!(
+                "DROP TABLE IF EXISTS {table};
+                 CREATE TABLE {table} AS SELECT * FROM {template} ORDER BY id;
+                 ALTER TABLE {table} ADD PRIMARY KEY (id);
+                 CREATE INDEX ON {table} (customer_id);"
+            ),
+        )
+        .await;
+        exec(&self.pool, &format!("VACUUM ANALYZE {table}")).await;
+        self.settle().await;
+    }
+
+    /// Standby caught up, checkpoint done: every run starts from the same state.
+    async fn settle(&self) {
+        self.cluster.wait_standby_caught_up().await;
+        exec(&self.pool, "CHECKPOINT").await;
+    }
+}
+
+/// The template: ~200-byte rows, sparse bigint keys (`4g + g % 3`), a secondary index on the copies,
+/// and the new nullable column `channel` to fill.
+async fn seed(pool: &PgPool, name: &str, rows: usize) {
+    exec(
+        pool,
+        &format!(
+            "CREATE TABLE {name} (
+                id bigint NOT NULL, customer_id bigint NOT NULL, status text NOT NULL,
+                total_cents bigint NOT NULL, created_at timestamptz NOT NULL, note text NOT NULL, channel text);
+             INSERT INTO {name} SELECT 4 * g + g % 3, g % 50000, (ARRAY['new','paid','shipped','done'])[1 + g % 4],
+                (g * 7919) % 100000, timestamptz '2024-01-01' + g * interval '1 second',
+                repeat(md5(g::text), 4), NULL FROM generate_series(1::bigint, {rows}) g;"
+        ),
+    )
+    .await;
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let rows = env_usize("BENCH_ROWS", 1_000_000);
+    let reps = env_usize("BENCH_REPS", 3).max(1);
+    let flat_rows = env_usize("BENCH_FLAT_ROWS", 10_000_000);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let want = |s: &str| only.is_empty() || only.split(',').any(|o| o.trim() == s);
+    let out = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| "benchmarks".into()));
+    std::fs::create_dir_all(&out).expect("output directory");
+    let began = Instant::now();
+
+    let cluster = common::dedicated_cluster().await;
+    {
+        let mut admin = cluster.admin_conn().await;
+        for setting in ["fsync = on", "synchronous_commit = on", "shared_buffers = '512MB'", "max_wal_size = '8GB'"] {
+            sqlx::raw_sql(AssertSqlSafe(format!("ALTER SYSTEM SET {setting}")))
+                .execute(&mut admin)
+                .await
+                .expect("alter system");
+        }
+    }
+    cluster.restart_primary().await;
+    let db = cluster.new_database().await;
+    let pool = db.pool().await;
+    let version: String = sqlx::query_scalar("SELECT version()").fetch_one(&pool).await.expect("version");
+    let pg_bin = pgbackfill::localpg::find_pg_bin().expect("PostgreSQL binaries");
+    let env = Env { url: db.url.clone(), cluster, db, pool, out, pg_bin };
+
+    println!("# pgbackfill benchmark report\n");
+    println!("- started: {} UTC", chrono::Utc::now().format("%Y-%m-%d %H:%M"));
+    println!("- machine: {}", machine());
+    println!("- PostgreSQL: {version}");
+    println!(
+        "- server: primary + one streaming hot standby on loopback (src/localpg.rs), fsync on, \
+         synchronous_commit on, shared_buffers 512MB, max_wal_size 8GB, wal_receiver_status_interval 1s"
+    );
+    println!("- sizes: BENCH_ROWS={rows}, BENCH_REPS={reps}, BENCH_FLAT_ROWS={flat_rows}");
+
+    let mut durations: BTreeMap<String, f64> = BTreeMap::new();
+    let mut peak_rss: u64 = 0;
+    if want("throughput") || want("app") || want("cost") {
+        eprintln!("seeding the template table with {rows} rows…");
+        seed(&env.pool, "template", rows).await;
+        exec(&env.pool, "VACUUM ANALYZE template").await;
+    }
+    if want("throughput") {
+        let (d, rss) = throughput(&env, rows, reps).await;
+        durations = d;
+        peak_rss = rss;
+    }
+    if want("cost") {
+        batch_cost(&env).await;
+    }
+    if want("app") {
+        app_impact(&env, rows, &durations).await;
+    }
+    if want("throttle") {
+        throttle_reaction(&env).await;
+    }
+    if want("flat") {
+        flatness(&env, flat_rows).await;
+    }
+    if want("footprint") {
+        footprint(&env, peak_rss).await;
+    }
+    println!("\n(total benchmark time {:.0} s)", began.elapsed().as_secs_f64());
+    drop(env.db);
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .map(|k| k / 1024 / 1024)
+        .unwrap_or(0);
+    format!("{} CPUs ({cpu}), {mem} GiB RAM", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))
+}
+
+// ----- 1. throughput -----
+
+async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f64>, u64) {
+    let ms = methods();
+    let mut secs: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
+    let mut peak = 0u64;
+    let mut per_batch: Vec<String> = Vec::new();
+    for rep in 0..reps {
+        for k in 0..ms.len() {
+            let i = (k + rep) % ms.len();
+            let table = format!("tp_{rep}_{i}");
+            env.copy("template", &table).await;
+            let run = run_method(env, &ms[i], &table).await;
+            let left = scalar_i64(&env.pool, &format!("SELECT count(*) FROM {table} WHERE channel IS NULL")).await;
+            assert_eq!(left, 0, "{} left rows behind", ms[i].label());
+            eprintln!("rep {rep}: {:<36} {:>7.2} s {:>9.0} rows/s", ms[i].label(), run.secs, rows as f64 / run.secs);
+            if let Some(r) = run.peak_rss_kib {
+                peak = peak.max(r);
+            }
+            if rep == 0 && !run.batches.is_empty() {
+                let n = run.batches.len() as f64;
+                let rows_per = run.batches.iter().map(|b| b.0).sum::<f64>() / n;
+                let ms_per = run.batches.iter().map(|b| b.1).sum::<f64>() / n;
+                let in_batches = run.batches.iter().map(|b| b.1).sum::<f64>() / 1000.0;
+                per_batch.push(format!(
+                    "| {} | {} | {:.0} | {:.1} | {:.2} s of {:.2} s |",
+                    ms[i].label(),
+                    run.batches.len(),
+                    rows_per,
+                    ms_per,
+                    in_batches,
+                    run.secs
+                ));
+            }
+            secs[i].push(run.secs);
+            exec(&env.pool, &format!("DROP TABLE {table}")).await;
+        }
+    }
+    println!("\n## Throughput\n");
+    println!(
+        "{rows} rows, fresh identical copies, methods alternated, {reps} repetition(s). Ratio: the single \
+         statement's time over the method's, within each repetition; the table shows the median.\n"
+    );
+    let mut header = "| method | median s | median rows/s | median ratio | ratios per repetition |".to_string();
+    header.push_str("\n|---|---|---|---|---|");
+    println!("{header}");
+    let mut durations = BTreeMap::new();
+    let mut chart: Vec<(String, f64)> = Vec::new();
+    for (i, m) in ms.iter().enumerate() {
+        let ratios: Vec<f64> = (0..reps).map(|r| secs[0][r] / secs[i][r]).collect();
+        let med = median(&secs[i]);
+        let ratio = median(&ratios);
+        println!(
+            "| {} | {:.2} | {:.0} | {:.2} | {} |",
+            m.label(),
+            med,
+            rows as f64 / med,
+            ratio,
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+        );
+        durations.insert(m.label(), med);
+        chart.push((m.short(), ratio));
+    }
+    println!("\nBatches of the first repetition (from the daemon's log, summed over workers; the rest of the");
+    println!("time is start-up, the gaps between batches, verification and exit):\n");
+    println!("| method | batches | rows/batch | ms/batch | time in batches |");
+    println!("|---|---|---|---|---|");
+    for line in per_batch {
+        println!("{line}");
+    }
+    bar_chart(
+        &env.out.join("throughput.svg"),
+        &format!("Throughput relative to the single statement ({rows} rows, median of {reps})"),
+        "× single statement",
+        &chart,
+        Some(1.0),
+    );
+    (durations, peak)
+}
+
+// ----- 1b. where a batch's time goes -----
+
+async fn batch_cost(env: &Env) {
+    use pgbackfill::batch::{KeyColumn, Target};
+    env.copy("template", "cost").await;
+    let target = Target {
+        table: pgbackfill::ident::QualifiedName { schema: Some("public".into()), name: "cost".into() },
+        key: vec![KeyColumn { name: "id".into(), sql_type: "bigint".into() }],
+        set: BTreeMap::from([("channel".to_string(), "'web'".to_string())]),
+        where_: Some("channel IS NULL".into()),
+        operator_schema: "pg_catalog".into(),
+    };
+    let sql = format!("EXPLAIN (ANALYZE, BUFFERS, WAL, FORMAT JSON) {}", target.statements().next_batch);
+    let (lo, hi): (i64, i64) =
+        sqlx::query_as("SELECT min(id), max(id) FROM cost").fetch_one(&env.pool).await.expect("bounds");
+    println!("\n## Where a batch's time goes\n");
+    println!(
+        "EXPLAIN (ANALYZE, BUFFERS, WAL) of pgbackfill's batch statement on a fresh copy, at 20%, 40% and \
+         60% of the table, rolled back. The slice walks the key index for the batch's keys; the UPDATE walks the same \
+         key range again and changes the rows.\n"
+    );
+    println!(
+        "| rows | planning ms | execution ms | slice (1st walk) ms | UPDATE (2nd walk) ms | WAL MB | WAL FPI | buffers hit / read / dirtied |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, limit) in [2_000i64, 10_000, 50_000].into_iter().enumerate() {
+        let cursor = (lo + (hi - lo) * (i as i64 + 1) / 5).to_string();
+        let mut tx = env.pool.begin().await.expect("begin");
+        let plan: serde_json::Value = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+            .bind(&cursor)
+            .bind(hi.to_string())
+            .bind(limit)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("explain");
+        tx.rollback().await.expect("rollback");
+        let top = &plan[0];
+        let p = &top["Plan"];
+        let cte = |name: &str| -> f64 {
+            p["Plans"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|n| n["Subplan Name"] == format!("CTE {name}")))
+                .and_then(|n| n["Actual Total Time"].as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "| {limit} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} / {} / {} |",
+            top["Planning Time"].as_f64().unwrap_or(f64::NAN),
+            top["Execution Time"].as_f64().unwrap_or(f64::NAN),
+            cte("slice"),
+            cte("updated"),
+            p["WAL Bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            p["WAL FPI"],
+            p["Shared Hit Blocks"],
+            p["Shared Read Blocks"],
+            p["Shared Dirtied Blocks"],
+        );
+    }
+    // Fixed costs of every batch: a round trip, and a commit that writes (its WAL flush).
+    let mut conn = env.pool.acquire().await.expect("conn");
+    let start = Instant::now();
+    for _ in 0..500 {
+        sqlx::query("SELECT 1").execute(&mut *conn).await.expect("select 1");
+    }
+    let rtt = start.elapsed().as_secs_f64() / 500.0 * 1e3;
+    let start = Instant::now();
+    for i in 0..100i64 {
+        sqlx::query("UPDATE cost SET total_cents = total_cents WHERE id = $1")
+            .bind(lo + i * 4)
+            .execute(&mut *conn)
+            .await
+            .expect("commit");
+    }
+    let commit = start.elapsed().as_secs_f64() / 100.0 * 1e3;
+    println!(
+        "\nFixed costs per batch: a round trip takes {rtt:.3} ms; a one-row write transaction (its commit \
+         waits for the WAL flush) {commit:.2} ms. pgbackfill's batch makes 8 round trips (BEGIN, SET \
+         LOCAL, claim check, lag read, the batch statement, lock-waiter check, cursor advance, COMMIT)."
+    );
+    drop(conn);
+    exec(&env.pool, "DROP TABLE cost").await;
+}
+
+// ----- 2. application impact -----
+
+#[derive(Debug, Default, Clone)]
+struct Latencies {
+    /// Per script (0 = select, 1 = update): latencies in ms.
+    by_script: [Vec<f64>; 2],
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Pgbench {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Pgbench {
+    fn start(env: &Env, table: &str, rows: usize, clients: u32, rate: Option<f64>, secs: u64) -> Pgbench {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("select.sql"),
+            format!("\\set g random(1, {rows})\n\\set id 4 * :g + :g % 3\nSELECT * FROM {table} WHERE id = :id;\n"),
+        )
+        .expect("script");
+        std::fs::write(
+            dir.path().join("update.sql"),
+            format!(
+                "\\set g random(1, {rows})\n\\set id 4 * :g + :g % 3\nUPDATE {table} SET total_cents = total_cents + 1 WHERE id = :id;\n"
+            ),
+        )
+        .expect("script");
+        let mut cmd = Command::new(env.pg_bin.join("pgbench"));
+        cmd.current_dir(dir.path())
+            .args(["-n", "-h", "127.0.0.1", "-U", "postgres", "-j", "2"])
+            .args(["-p", &env.cluster.primary_port().to_string()])
+            .args(["-c", &clients.to_string(), "-T", &secs.to_string()])
+            .args(["-f", "select.sql@1", "-f", "update.sql@1", "-l", "--log-prefix=lat"]);
+        if let Some(r) = rate {
+            cmd.args(["-R", &format!("{r:.0}")]);
+        }
+        let child = cmd.arg(&env.db.name).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("pgbench");
+        Pgbench { child, dir }
+    }
+
+    /// Wait for the end; tps from its summary, and the latencies of transactions that started in
+    /// `[from, to]` (epoch seconds).
+    fn finish(self, window: Option<(f64, f64)>) -> (f64, Latencies) {
+        self.collect(window, false)
+    }
+
+    /// Stop it now (SIGINT): what it logged so far is on disk, except the last few buffered lines,
+    /// which come after the window when the caller waited a little past it.
+    fn stop(self, window: (f64, f64)) -> Latencies {
+        let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
+        self.collect(Some(window), true).1
+    }
+
+    fn collect(self, window: Option<(f64, f64)>, stopped: bool) -> (f64, Latencies) {
+        let out = self.child.wait_with_output().expect("pgbench");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(stopped || out.status.success(), "pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        let tps = text
+            .lines()
+            .find(|l| l.starts_with("tps"))
+            .and_then(|l| l.split('=').nth(1)?.split_whitespace().next()?.parse().ok())
+            .unwrap_or(f64::NAN);
+        let mut lat = Latencies::default();
+        for entry in std::fs::read_dir(self.dir.path()).expect("pgbench dir").flatten() {
+            if !entry.file_name().to_string_lossy().starts_with("lat") {
+                continue;
+            }
+            for line in std::fs::read_to_string(entry.path()).unwrap_or_default().lines() {
+                // client_id transaction_no time script_no time_epoch time_us [schedule_lag]
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(us), Some(script), Some(ep), Some(ep_us)) = (
+                    f.get(2).and_then(|v| v.parse::<f64>().ok()),
+                    f.get(3).and_then(|v| v.parse::<usize>().ok()),
+                    f.get(4).and_then(|v| v.parse::<f64>().ok()),
+                    f.get(5).and_then(|v| v.parse::<f64>().ok()),
+                ) else {
+                    continue;
+                };
+                // The log time is the end of the transaction; latency counts from its scheduled start.
+                let started = ep + ep_us / 1e6 - us / 1e6;
+                if window.is_some_and(|(a, b)| started < a || started > b) || script > 1 {
+                    continue;
+                }
+                lat.by_script[script].push(us / 1000.0);
+            }
+        }
+        (tps, lat)
+    }
+}
+
+async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
+    // Capacity: flat out, 4 clients, 10 s, on a fresh copy.
+    env.copy("template", "app").await;
+    let pg = Pgbench::start(env, "app", rows, 4, None, 10);
+    let (capacity, _) = tokio::task::spawn_blocking(move || pg.finish(None)).await.expect("pgbench");
+    let rate = (capacity * 0.3).round();
+    eprintln!("pgbench capacity {capacity:.0} tps; the load runs at {rate:.0} tps");
+    let mut table: Vec<(String, Option<f64>, Latencies, bool)> = Vec::new();
+    let mut shorts: Vec<String> = vec!["alone".into()];
+
+    // Alone.
+    env.settle().await;
+    let pg = Pgbench::start(env, "app", rows, 8, Some(rate), 15);
+    let from = epoch_now() + 3.0;
+    let (_, lat) = tokio::task::spawn_blocking(move || pg.finish(Some((from, f64::MAX)))).await.expect("pgbench");
+    table.push(("no backfill".into(), None, lat, true));
+    exec(&env.pool, "DROP TABLE app").await;
+
+    for (i, m) in methods().into_iter().enumerate() {
+        let t = format!("app_{i}");
+        env.copy("template", &t).await;
+        // pgbench runs longer than the backfill should take; only transactions that started while
+        // it ran count. Under the load it is slower than alone, hence the margin.
+        let guess = durations.get(&m.label()).copied().unwrap_or(rows as f64 / 10_000.0);
+        let secs = (guess * 6.0 + 60.0) as u64;
+        let pg = Pgbench::start(env, &t, rows, 8, Some(rate), secs);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let from = epoch_now();
+        let run = run_method(env, &m, &t).await;
+        let to = epoch_now();
+        let covered = to < from - 3.0 + secs as f64;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let lat = tokio::task::spawn_blocking(move || pg.stop((from, to))).await.expect("pgbench");
+        eprintln!("app impact: {:<36} {:.1} s, {:.0} rows/s", m.label(), run.secs, rows as f64 / run.secs);
+        table.push((m.label(), Some(rows as f64 / run.secs), lat, covered));
+        shorts.push(m.short());
+        exec(&env.pool, &format!("DROP TABLE {t}")).await;
+    }
+
+    println!("\n## Application impact\n");
+    println!(
+        "pgbench at a fixed {rate:.0} tps (30% of the {capacity:.0} tps it reached flat out with 4 clients), 8 \
+         clients, half point SELECTs and half single-row UPDATEs by id on the table being backfilled ({rows} \
+         rows). Latency in ms from each transaction's scheduled start (open loop), of the transactions \
+         that started while the method ran.\n"
+    );
+    println!(
+        "| method | backfill rows/s | SELECT p50 | SELECT p99 | SELECT max | UPDATE p50 | UPDATE p99 | UPDATE max | p99 vs alone |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let alone_p99 = pct(&[table[0].2.by_script[0].clone(), table[0].2.by_script[1].clone()].concat(), 0.99);
+    let mut chart = Vec::new();
+    for ((label, rps, lat, covered), short) in table.iter().zip(&shorts) {
+        let all = [lat.by_script[0].clone(), lat.by_script[1].clone()].concat();
+        let (s, u) = (&lat.by_script[0], &lat.by_script[1]);
+        println!(
+            "| {label}{} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1}× |",
+            if *covered { "" } else { " (load ended first)" },
+            rps.map_or("–".into(), |r| format!("{r:.0}")),
+            pct(s, 0.5),
+            pct(s, 0.99),
+            pct(s, 1.0),
+            pct(u, 0.5),
+            pct(u, 0.99),
+            pct(u, 1.0),
+            pct(&all, 0.99) / alone_p99
+        );
+        chart.push((short.clone(), pct(&all, 0.5), pct(&all, 0.99), pct(&all, 1.0)));
+    }
+    latency_chart(&env.out.join("app-latency.svg"), &chart);
+}
+
+// ----- 3. throttle reaction -----
+
+async fn throttle_reaction(env: &Env) {
+    let rows = 400_000;
+    seed(&env.pool, "thr", rows).await;
+    exec(&env.pool, "ALTER TABLE thr ADD PRIMARY KEY (id)").await;
+    exec(&env.pool, "VACUUM ANALYZE thr").await;
+    env.settle().await;
+    let spec = "name: thr\ntable: thr\nset:\n  channel: \"'web'\"\nwhere: channel IS NULL\n\
+                batch: {size: 5000}\nthrottle: {max_lag: 2s, max_lag_bytes: 16MB}\n";
+    let mut daemon = Daemon::start(&env.url, &[("thr", spec)], &[]);
+    let t0 = Instant::now();
+    let mut samples: Vec<(f64, i64, f64, f64)> = Vec::new(); // t, rows, lag s, lag MB
+    let sample = |pool: PgPool| async move {
+        let (rows, bytes, secs): (i64, Option<i64>, Option<f64>) = sqlx::query_as(
+            "SELECT (SELECT coalesce(sum(rows_updated), 0)::int8 FROM pgbackfill.ranges WHERE job = 'thr'), \
+                    (SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn))::int8 FROM pg_stat_replication), \
+                    (SELECT extract(epoch FROM max(replay_lag))::float8 FROM pg_stat_replication)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap_or((0, None, None));
+        (rows, bytes.unwrap_or(0), secs.unwrap_or(0.0))
+    };
+    // Running: three seconds of unthrottled batches.
+    while t0.elapsed() < Duration::from_secs(3) || samples.last().is_none_or(|s| s.1 == 0) {
+        let (r, b, s) = sample(env.pool.clone()).await;
+        samples.push((t0.elapsed().as_secs_f64(), r, s, b as f64 / 1e6));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(t0.elapsed() < Duration::from_secs(60), "the job did not start:\n{}", daemon.log());
+    }
+    env.cluster.pause_replay().await;
+    let paused_at = t0.elapsed().as_secs_f64();
+    // The crossing, as seen on the primary: replay_lag over 2 s or byte lag over 16 MB.
+    let mut crossing: Option<(f64, i64)> = None;
+    let held_rows: i64;
+    loop {
+        let (r, b, s) = sample(env.pool.clone()).await;
+        let t = t0.elapsed().as_secs_f64();
+        samples.push((t, r, s, b as f64 / 1e6));
+        if crossing.is_none() && (s > 2.0 || b > 16 * 1024 * 1024) {
+            crossing = Some((t, r));
+        }
+        if let Some((tc, _)) = crossing
+            && t > tc + 4.0
+        {
+            held_rows = r;
+            break;
+        }
+        assert!(t < 120.0, "the lag never crossed its limit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (cross_t, cross_rows) = crossing.unwrap_or((0.0, 0));
+    env.cluster.resume_replay().await;
+    let resumed_at = t0.elapsed().as_secs_f64();
+    let mut moved_at = None;
+    while t0.elapsed().as_secs_f64() < resumed_at + 30.0 {
+        let (r, b, s) = sample(env.pool.clone()).await;
+        let t = t0.elapsed().as_secs_f64();
+        samples.push((t, r, s, b as f64 / 1e6));
+        if moved_at.is_none() && r > held_rows {
+            moved_at = Some(t);
+        }
+        if moved_at.is_some_and(|m| t > m + 3.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.terminate();
+    println!("\n## Throttle reaction\n");
+    println!(
+        "5,000-row batches, `max_lag: 2s`, `max_lag_bytes: 16MB`, lag polled every second (the default). \
+         WAL replay paused on the standby at t={paused_at:.1} s; the benchmark watches the primary \
+         (`pg_stat_replication`) every 20 ms for the crossing of either limit.\n"
+    );
+    println!(
+        "| crossing seen at | rows committed after the crossing | batches (5,000 rows) | replay resumed at | first commit after resume | seconds to resume |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| t={cross_t:.2} s | {} | {:.1} | t={resumed_at:.2} s | {} | {} |",
+        held_rows - cross_rows,
+        (held_rows - cross_rows) as f64 / 5000.0,
+        moved_at.map_or("–".into(), |m| format!("t={m:.2} s")),
+        moved_at.map_or("did not resume within 30 s".into(), |m| format!("{:.2}", m - resumed_at))
+    );
+    throttle_chart(&env.out.join("throttle.svg"), &samples, paused_at, cross_t, resumed_at);
+    exec(&env.pool, "DROP TABLE thr").await;
+}
+
+// ----- 4. flatness -----
+
+async fn flatness(env: &Env, rows: usize) {
+    eprintln!("seeding the flatness table with {rows} rows…");
+    exec(
+        &env.pool,
+        &format!(
+            "CREATE TABLE flat (id bigint NOT NULL, note text NOT NULL, channel text);
+             INSERT INTO flat SELECT 4 * g + g % 3, md5(g::text), NULL FROM generate_series(1::bigint, {rows}) g;
+             ALTER TABLE flat ADD PRIMARY KEY (id);"
+        ),
+    )
+    .await;
+    exec(&env.pool, "VACUUM ANALYZE flat").await;
+    env.settle().await;
+    let spec = "name: flat\ntable: flat\nset:\n  channel: \"'web'\"\nwhere: channel IS NULL\n\
+                batch: {size: 10000}\nthrottle: {max_lag: 1h}\n";
+    let d = Daemon::run_to_end(&env.url, &[("flat", spec)]).await;
+    let ms: Vec<f64> = d.batches.iter().map(|b| b.1).collect();
+    let tenth = (ms.len() / 10).max(1);
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let (first, last) = (mean(&ms[..tenth.min(ms.len())]), mean(&ms[ms.len().saturating_sub(tenth)..]));
+    println!("\n## Flatness\n");
+    println!(
+        "{rows} rows (~{} MB: id, a 32-character note, the new column), fixed 10,000-row batches, one worker.\n",
+        scalar_i64(&env.pool, "SELECT pg_total_relation_size('flat') / 1000000").await
+    );
+    println!("| batches | total s | first 10%: ms/batch | last 10%: ms/batch | last / first |");
+    println!("|---|---|---|---|---|");
+    println!("| {} | {:.1} | {first:.1} | {last:.1} | {:.2} |", ms.len(), d.secs, last / first);
+    exec(&env.pool, "DROP TABLE flat").await;
+}
+
+// ----- 5. footprint -----
+
+async fn footprint(env: &Env, running_peak_kib: u64) {
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        exec(
+            &env.pool,
+            &format!(
+                "CREATE TABLE idle_{i} (id bigint PRIMARY KEY, channel text);
+                 INSERT INTO idle_{i} SELECT g, NULL FROM generate_series(1, 1000) g;"
+            ),
+        )
+        .await;
+        // Held by the throttle (one standby, two required): loaded, claimed, and waiting.
+        jobs.push((
+            format!("idle_{i}"),
+            format!(
+                "name: idle-{i}\ntable: idle_{i}\nset:\n  channel: \"'web'\"\nwhere: channel IS NULL\n\
+                 throttle: {{min_replicas: 2}}\n"
+            ),
+        ));
+    }
+    let refs: Vec<(&str, &str)> = jobs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let mut daemon = Daemon::start(&env.url, &refs, &["--max-jobs", "10"]);
+    let start = Instant::now();
+    loop {
+        let held = scalar_i64(
+            &env.pool,
+            "SELECT count(*) FROM pgbackfill.jobs WHERE throttle_reason IS NOT NULL AND name LIKE 'idle-%'",
+        )
+        .await;
+        if held == 10 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "jobs not all held:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = daemon.child.id();
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let (c0, t0) = (cpu_ticks(pid).unwrap_or(0), Instant::now());
+    let mut rss_max = 0;
+    while t0.elapsed() < Duration::from_secs(20) {
+        rss_max = rss_max.max(rss_kib(pid).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let cpu = (cpu_ticks(pid).unwrap_or(0) - c0) as f64 / ticks_per_s / t0.elapsed().as_secs_f64() * 100.0;
+    daemon.terminate();
+    println!("\n## Footprint\n");
+    println!("| state | RSS | CPU |");
+    println!("|---|---|---|");
+    println!(
+        "| 10 jobs loaded and waiting (held by the throttle), 20 s | {:.1} MB | {cpu:.2}% of one core |",
+        rss_max as f64 / 1024.0
+    );
+    if running_peak_kib > 0 {
+        println!("| running (peak over the throughput runs) | {:.1} MB | – |", running_peak_kib as f64 / 1024.0);
+    }
+}
+
+// ----- charts -----
+
+fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[(String, f64)], reference: Option<f64>) {
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    let max = bars.iter().map(|b| b.1).filter(|v| v.is_finite()).fold(1.2f64, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..bars.len() as f64, 0f64..max)
+        .expect("chart");
+    let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+    let _ = chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 0.01 { labels.get(i).cloned().unwrap_or_default() } else { String::new() }
+        })
+        .x_label_style(("sans-serif", 11))
+        .y_desc(y_label)
+        .draw();
+    let _ = chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        let v = if v.is_finite() { *v } else { 0.0 };
+        Rectangle::new([(i as f64 + 0.15, 0.0), (i as f64 + 0.85, v)], BLUE.mix(0.6).filled())
+    }));
+    let _ = chart.draw_series(
+        bars.iter()
+            .enumerate()
+            .map(|(i, (_, v))| Text::new(format!("{v:.2}"), (i as f64 + 0.3, v + max * 0.02), ("sans-serif", 13))),
+    );
+    if let Some(r) = reference {
+        let _ = chart.draw_series(LineSeries::new([(0.0, r), (bars.len() as f64, r)], RED.stroke_width(2)));
+    }
+    let _ = root.present();
+}
+
+/// p50, p99 and max of the load's latency per method, on a log scale.
+fn latency_chart(path: &Path, rows: &[(String, f64, f64, f64)]) {
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    let max = rows.iter().map(|r| r.3).filter(|v| v.is_finite()).fold(10.0f64, f64::max) * 2.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Application latency during each method (pgbench at 30% load)", ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..rows.len() as f64, (0.1f64..max).log_scale())
+        .expect("chart");
+    let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let _ = chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(rows.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 0.01 { labels.get(i).cloned().unwrap_or_default() } else { String::new() }
+        })
+        .x_label_style(("sans-serif", 11))
+        .y_desc("latency (ms, log scale)")
+        .draw();
+    let series: [(usize, &str, RGBColor); 3] = [(1, "p50", GREEN), (2, "p99", BLUE), (3, "max", RED)];
+    for (k, name, color) in series {
+        let value = |r: &(String, f64, f64, f64)| match k {
+            1 => r.1,
+            2 => r.2,
+            _ => r.3,
+        };
+        let off = 0.1 + 0.27 * (k - 1) as f64;
+        let _ = chart
+            .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                let v = value(r).max(0.1);
+                Rectangle::new([(i as f64 + off, 0.1), (i as f64 + off + 0.25, v)], color.mix(0.7).filled())
+            }))
+            .map(|s| s.label(name).legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())));
+    }
+    let _ = chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw();
+    let _ = root.present();
+}
+
+/// Rows/s and replica lag through a throttle episode.
+fn throttle_chart(path: &Path, samples: &[(f64, i64, f64, f64)], paused: f64, crossed: f64, resumed: f64) {
+    let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    // rows/s over 250 ms windows.
+    let mut rate: Vec<(f64, f64)> = Vec::new();
+    let mut j = 0;
+    for i in 0..samples.len() {
+        while samples[i].0 - samples[j].0 > 0.25 {
+            j += 1;
+        }
+        let dt = samples[i].0 - samples[j].0;
+        if dt > 0.1 {
+            rate.push((samples[i].0, (samples[i].1 - samples[j].1) as f64 / dt));
+        }
+    }
+    let t_max = samples.last().map_or(1.0, |s| s.0);
+    let r_max = rate.iter().map(|r| r.1).fold(1.0f64, f64::max) * 1.1;
+    let l_max = samples.iter().map(|s| s.2).fold(3.0f64, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Throttle episode: rows/s and standby replay lag", ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(0f64..t_max, 0f64..r_max)
+        .expect("chart")
+        .set_secondary_coord(0f64..t_max, 0f64..l_max);
+    let _ = chart.configure_mesh().x_desc("seconds").y_desc("rows/s").draw();
+    let _ = chart.configure_secondary_axes().y_desc("replay lag (s)").draw();
+    let _ = chart
+        .draw_series(LineSeries::new(rate.iter().copied(), BLUE.stroke_width(2)))
+        .map(|s| s.label("rows/s").legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], BLUE)));
+    let _ = chart
+        .draw_secondary_series(LineSeries::new(samples.iter().map(|s| (s.0, s.2)), RED.stroke_width(2)))
+        .map(|s| s.label("replay lag (s)").legend(|(x, y)| PathElement::new([(x, y), (x + 15, y)], RED)));
+    let _ = chart.draw_secondary_series(LineSeries::new([(0.0, 2.0), (t_max, 2.0)], RED.mix(0.4)));
+    for (t, name, h) in
+        [(paused, "replay paused", 0.97), (crossed, "limit crossed", 0.90), (resumed, "replay resumed", 0.97)]
+    {
+        let _ = chart.draw_series(LineSeries::new([(t, 0.0), (t, r_max)], BLACK.mix(0.5)));
+        let _ = chart.draw_series(std::iter::once(Text::new(name.to_string(), (t, r_max * h), ("sans-serif", 12))));
+    }
+    let _ = chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw();
+    let _ = root.present();
+    let _ = std::io::stdout().flush();
+}
