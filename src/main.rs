@@ -60,30 +60,37 @@ impl Database {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate job specs; with a database, also against its catalog (nothing is written).
+    /// Validate job specs; with a database, also against its catalog and the progress table
+    /// (nothing is written). Every problem of every file is reported; exit 1 if any.
     Check {
-        /// Spec files or directories.
+        /// Spec files, or directories of specs (`*.yaml` and `*.yml`).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         #[command(flatten)]
         db: Database,
-        /// Machine-readable output.
+        /// Machine-readable output (a JSON object with `problems`, `ok` and `valid`).
         #[arg(long)]
         json: bool,
+        /// Succeed when no spec is found (otherwise an empty or mistyped path is an error).
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Run every job in a directory: the daemon.
     Run(RunArgs),
-    /// Show every job's progress.
+    /// Show every job's progress and state (pending, running, held, orphaned, paused, completed,
+    /// failed, cancelled, refused), and replication as the throttle sees it now. Needs only SELECT
+    /// on the progress tables.
     Status {
         #[command(flatten)]
         db: Database,
+        /// Print the report as JSON (the same document the daemon serves at /status).
         #[arg(long, conflicts_with = "watch")]
         json: bool,
         /// Redraw every second (progress bar, rows/s, ETA, state, throttle reason, standby lag)
         /// until Ctrl-C. The screen is cleared only on a terminal.
         #[arg(long)]
         watch: bool,
-        /// Only this job.
+        /// Only the job with this name (the `name:` in its spec). Exit 2 if there is none.
         name: Option<String>,
     },
     /// Pause a job (daemons stop after their batch in flight).
@@ -92,8 +99,13 @@ enum Command {
     Resume(ControlArgs),
     /// Cancel a job for good.
     Cancel(ControlArgs),
-    /// Forget a job's progress: it starts over (e.g. after its meaning changed).
-    Reset(ControlArgs),
+    /// Forget a job's progress: it starts over on the next daemon scan (e.g. after its meaning
+    /// changed). Rows already written stay written: a `set` that is not idempotent runs again.
+    /// Asks for confirmation on a terminal; `--yes` for scripts.
+    Reset(ConfirmArgs),
+    /// Remove a job from the progress table for good (e.g. its table was dropped). Remove its spec
+    /// file first, or a daemon registers it again. Asks for confirmation; `--yes` for scripts.
+    Forget(ConfirmArgs),
     /// Create or upgrade the progress schema (the daemon also does this at start-up). Lets the
     /// daemon run without CREATE on the database, and is the only other command that changes it.
     Migrate {
@@ -116,16 +128,32 @@ enum Command {
 
 #[derive(Args)]
 struct ControlArgs {
+    /// The job's name (the `name:` in its spec, as `status` lists it).
     name: String,
     #[command(flatten)]
     db: Database,
 }
 
 #[derive(Args)]
+struct ConfirmArgs {
+    /// The job's name (the `name:` in its spec, as `status` lists it).
+    name: String,
+    /// Do not ask: for scripts (without a terminal, the command refuses unless this is given).
+    #[arg(long, short = 'y')]
+    yes: bool,
+    #[command(flatten)]
+    db: Database,
+}
+
+#[derive(Args)]
 struct RunArgs {
-    /// Directory of job specs (`*.yaml`), rescanned while running.
+    /// Directory of job specs (`*.yaml` and `*.yml`), rescanned while running.
     #[arg(long, env = "PGBACKFILL_JOBS", default_value = "jobs")]
     jobs: PathBuf,
+    /// Start even when the jobs directory holds no spec (otherwise an error: a wrong path must not
+    /// look like "every job completed").
+    #[arg(long, env = "PGBACKFILL_ALLOW_EMPTY")]
+    allow_empty: bool,
     #[command(flatten)]
     db: Database,
     /// Jobs this daemon runs at once.
@@ -200,7 +228,7 @@ fn init_logging(format: &str, default_filter: &str) {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { paths, db: database, json } => {
+        Command::Check { paths, db: database, json, allow_empty } => {
             let pool = match database.url()? {
                 Some(url) => {
                     let pool = db::pool(&url, "pgbackfill check", 2).await.context("connecting to the database")?;
@@ -210,6 +238,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             let report = check::check(&paths, pool.as_ref()).await.context("checking against the database")?;
+            if report.ok.is_empty() && report.problems.is_empty() && !allow_empty {
+                bail!("{}", no_specs(&paths));
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -262,8 +293,24 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Cancel(a) => control(a, Action::Cancel).await,
         Command::Reset(a) => {
             let (_, progress) = connect_progress(&a.db, "pgbackfill reset").await?;
+            let what = "forget its progress: it starts over from the first key on the next daemon scan, and \
+                        rows already written are written again";
+            if !confirm("reset", &a, &progress, what).await? {
+                return Ok(ExitCode::from(1));
+            }
             progress.reset(&a.name).await?;
             println!("{}: progress forgotten; it starts over on the next daemon scan", a.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Forget(a) => {
+            let (_, progress) = connect_progress(&a.db, "pgbackfill forget").await?;
+            let what = "remove it from the progress table (its spec file, if still in a jobs directory, \
+                        registers it again as a new job)";
+            if !confirm("forget", &a, &progress, what).await? {
+                return Ok(ExitCode::from(1));
+            }
+            progress.reset(&a.name).await?;
+            println!("{}: removed from the progress table", a.name);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(args).await,
@@ -331,6 +378,49 @@ async fn connect_progress(database: &Database, app: &str) -> anyhow::Result<(sql
     Ok((pool, progress))
 }
 
+/// "Specs found nowhere": the error for an empty or mistyped jobs path.
+fn no_specs(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "no job specs (*.yaml, *.yml) in {}: check the path (specs in a subdirectory are not read), \
+         or pass --allow-empty if an empty directory is expected",
+        shown.join(", ")
+    )
+}
+
+/// Ask before a command that throws progress away. On a terminal the operator types the job's
+/// name; without one, `--yes` is required. Fails (NoSuchJob) before asking for a job that is not
+/// there.
+async fn confirm(verb: &str, a: &ConfirmArgs, progress: &Progress, what: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let Some(job) = progress.job(&a.name).await? else {
+        return Err(pgbackfill::progress::ProgressError::NoSuchJob(a.name.clone()).into());
+    };
+    if a.yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "`pgbackfill {verb} {}` would {what}; not a terminal, so nobody can confirm: pass --yes to do it",
+            a.name
+        );
+    }
+    let shown = status::JobStatus::from_row(&job);
+    eprint!(
+        "{verb} job `{}` ({}, {} rows updated)?\nThis will {what}.\nType the job's name to confirm: ",
+        a.name, shown.state, shown.rows_updated
+    );
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() == a.name {
+        Ok(true)
+    } else {
+        eprintln!("not confirmed: nothing changed");
+        Ok(false)
+    }
+}
+
 async fn control(a: ControlArgs, action: Action) -> anyhow::Result<ExitCode> {
     let (_, progress) = connect_progress(&a.db, "pgbackfill control").await?;
     let state = progress.transition(&a.name, action).await?;
@@ -340,7 +430,11 @@ async fn control(a: ControlArgs, action: Action) -> anyhow::Result<ExitCode> {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !args.jobs.is_dir() {
-        bail!("jobs directory {} does not exist", args.jobs.display());
+        bail!("jobs directory {} does not exist (--jobs / PGBACKFILL_JOBS)", args.jobs.display());
+    }
+    let found = spec::load_paths(std::slice::from_ref(&args.jobs));
+    if found.jobs.is_empty() && found.problems.is_empty() && !args.allow_empty {
+        bail!("{}", no_specs(std::slice::from_ref(&args.jobs)));
     }
     // Bind first: a daemon that cannot serve its probes and metrics must not start working unseen.
     let listener = match args.metrics_addr.trim() {

@@ -396,8 +396,10 @@ pub fn render_replication(m: &Measurement) -> String {
             ));
         }
     }
-    if let Some(age) = m.oldest_transaction_seconds {
-        out.push_str(&format!("  oldest open transaction: {age:.0}s\n"));
+    match (&m.oldest_transaction, m.oldest_transaction_seconds) {
+        (Some(session), _) => out.push_str(&format!("  oldest open transaction: {session}\n")),
+        (None, Some(age)) => out.push_str(&format!("  oldest open transaction: {age:.0}s\n")),
+        _ => {}
     }
     out
 }

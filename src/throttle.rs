@@ -40,6 +40,26 @@ pub struct Slot {
     pub active: bool,
 }
 
+/// A database session, as `status` names it when it holds jobs up.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Session {
+    pub pid: i32,
+    pub application_name: String,
+    pub state: Option<String>,
+    pub age_seconds: f64,
+}
+
+impl std::fmt::Display for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let app = if self.application_name.is_empty() { "(none)" } else { &self.application_name };
+        write!(f, "pid {}, application {app:?}", self.pid)?;
+        if let Some(state) = &self.state {
+            write!(f, ", {state}")?;
+        }
+        write!(f, ", transaction open {:.0}s", self.age_seconds)
+    }
+}
+
 /// Everything the controller learned in one poll.
 #[derive(Debug, Clone, Serialize)]
 pub struct Measurement {
@@ -48,6 +68,9 @@ pub struct Measurement {
     pub standbys: Vec<Standby>,
     pub slots: Vec<Slot>,
     pub oldest_transaction_seconds: Option<f64>,
+    /// The session holding the oldest open transaction: who to ask (or cancel) when
+    /// `max_transaction_age` holds jobs.
+    pub oldest_transaction: Option<Session>,
     /// Why lag could not be measured, with the fix. Fail closed while this is set.
     pub error: Option<String>,
     /// How long after `at` the measurement may be trusted: the controller sets it from its poll
@@ -70,6 +93,7 @@ impl Measurement {
             standbys: Vec::new(),
             slots: Vec::new(),
             oldest_transaction_seconds: None,
+            oldest_transaction: None,
             error: Some("no replication lag measurement yet".into()),
             valid_for: MAX_MEASUREMENT_AGE,
             history: Arc::default(),
@@ -335,7 +359,10 @@ impl Gate {
                         ThrottleReason::TransactionAge,
                         "transaction",
                         over(
-                            format!("oldest open transaction is {age:.0}s old"),
+                            match &m.oldest_transaction {
+                                Some(session) => format!("oldest open transaction is {age:.0}s old ({session})"),
+                                None => format!("oldest open transaction is {age:.0}s old"),
+                            },
                             format!("{}s", fmt_secs(limit)),
                             "max_transaction_age",
                         ),
@@ -742,18 +769,28 @@ async fn try_measure(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let oldest: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM max(clock_timestamp() - xact_start))::float8 FROM pg_stat_activity \
-         WHERE xact_start IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    let oldest_session: Option<(i32, String, Option<String>, f64)> = sqlx::query_as(
+        "SELECT pid, coalesce(application_name, ''), state, extract(epoch FROM clock_timestamp() - xact_start)::float8 \
+         FROM pg_stat_activity \
+         WHERE xact_start IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+         ORDER BY xact_start LIMIT 1",
     )
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    let oldest = oldest_session.as_ref().map(|s| s.3);
+    let oldest_transaction = oldest_session.map(|(pid, application_name, state, age_seconds)| Session {
+        pid,
+        application_name,
+        state,
+        age_seconds,
+    });
     conn.commit().await?;
     Ok(Measurement {
         at: now,
         standbys,
         slots: slots.into_iter().map(|(name, active, retained_bytes)| Slot { name, retained_bytes, active }).collect(),
         oldest_transaction_seconds: oldest,
+        oldest_transaction,
         error: None,
         valid_for: cfg.measurement_valid_for(),
         history: Arc::new(tracker.history.since(slowest.map(|r| r as u64))),
@@ -907,6 +944,7 @@ mod tests {
             }],
             slots: vec![],
             oldest_transaction_seconds: None,
+            oldest_transaction: None,
             error: None,
             valid_for: Duration::from_secs(3),
             history: Arc::default(),
@@ -1013,6 +1051,7 @@ mod tests {
             standbys: gone,
             slots: vec![],
             oldest_transaction_seconds: None,
+            oldest_transaction: None,
             error: None,
             valid_for: Duration::from_secs(3),
             history: Arc::default(),

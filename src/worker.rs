@@ -34,6 +34,9 @@ pub struct Job {
     pub metrics: JobMetrics,
     /// Until when this job's throttled time has been counted (shared by its range workers).
     throttle_counted: std::sync::Mutex<Option<Instant>>,
+    /// The throttle signal last logged for this job: its range workers are held together, so the
+    /// log says so once per job, not once per worker.
+    throttle_logged: std::sync::Mutex<Option<String>>,
 }
 
 impl Job {
@@ -41,7 +44,26 @@ impl Job {
         let statements = resolved.target.statements();
         let schedule = spec.schedule.as_ref().map(Schedule::from_spec);
         let metrics = JobMetrics::new(&spec.name);
-        Self { spec, resolved, statements, schedule, metrics, throttle_counted: std::sync::Mutex::new(None) }
+        Self {
+            spec,
+            resolved,
+            statements,
+            schedule,
+            metrics,
+            throttle_counted: std::sync::Mutex::new(None),
+            throttle_logged: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether this worker should log the throttle's new `signal` (`None`: lifted) for the job:
+    /// true for the first of its workers to see the change.
+    fn throttle_news(&self, signal: Option<&str>) -> bool {
+        let mut logged = self.throttle_logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.as_deref() == signal {
+            return false;
+        }
+        *logged = signal.map(str::to_string);
+        true
     }
 
     pub fn name(&self) -> &str {
@@ -368,7 +390,9 @@ async fn wait_for_gate(
         match decision {
             Decision::Go { scale } => {
                 if clock.since.is_some() {
-                    tracing::info!(job = name, "throttle lifted");
+                    if job.throttle_news(None) {
+                        tracing::info!(job = name, "throttle lifted");
+                    }
                     clock.flush(ctx, job, None).await;
                 }
                 job.metrics.set_throttle(None, scale);
@@ -379,7 +403,9 @@ async fn wait_for_gate(
                     clock.since = Some(Instant::now());
                 }
                 if clock.signal.as_deref() != Some(signal.as_str()) {
-                    tracing::warn!(job = name, reason = %reason, "throttled: not writing");
+                    if job.throttle_news(Some(&signal)) {
+                        tracing::warn!(job = name, reason = %reason, "throttled: not writing");
+                    }
                     job.metrics.set_throttle(Some(kind), 0.0);
                     clock.signal = Some(signal);
                     clock.flush(ctx, job, Some(&reason)).await;

@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, Connection, PgPool};
 
 use common::daemon::{Daemon, JobsDir, cli, wait_state};
 use common::{TestDb, cluster, wait_until};
@@ -228,4 +228,151 @@ async fn status_of_an_unknown_job_fails_and_a_missing_schema_is_explained() {
     assert!(stderr(&out).contains("no job named `nosuchjob`"), "{}", text(&out));
     let out = cli(&db.url, &["pause", "nosuchjob"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+// ----- an empty or missing jobs directory is an error -----
+
+#[tokio::test]
+async fn an_empty_or_missing_jobs_directory_is_an_error_unless_allowed() {
+    let (db, _pool) = database(TABLE).await;
+    let empty = JobsDir::new();
+    std::fs::create_dir(empty.path().join("examples")).unwrap();
+    std::fs::write(empty.path().join("examples/job.yaml"), slow("nested")).unwrap();
+    let dir = empty.path().to_str().unwrap();
+
+    let out = common::daemon::cli_offline(&["check", dir]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("no job specs (*.yaml, *.yml) in") && stderr(&out).contains("--allow-empty"),
+        "{}",
+        text(&out)
+    );
+    let out = common::daemon::cli_offline(&["check", "--allow-empty", dir]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = cli(&db.url, &["run", "--jobs", dir, "--exit-when-done", "--metrics-addr", ""]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("no job specs"), "{}", text(&out));
+    assert!(!stderr(&out).contains("every job completed"), "{}", text(&out));
+    let missing = format!("{dir}/nope");
+    let out = cli(&db.url, &["run", "--jobs", &missing, "--exit-when-done", "--metrics-addr", ""]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", text(&out));
+    let out = cli(&db.url, &["run", "--jobs", dir, "--allow-empty", "--exit-when-done", "--metrics-addr", ""]);
+    assert!(out.status.success(), "--allow-empty: an empty directory is fine: {}", text(&out));
+}
+
+// ----- reset and forget ask first -----
+
+#[tokio::test]
+async fn reset_and_forget_need_confirmation_and_forget_removes_the_job() {
+    let (db, pool) = database(TABLE).await;
+    let jobs = JobsDir::new();
+    jobs.write("job", &slow("twice").replace("size: 10", "size: 1000"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
+
+    // No terminal and no --yes: refused, nothing changes.
+    for verb in ["reset", "forget"] {
+        let out = cli(&db.url, &[verb, "twice"]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(stderr(&out).contains("pass --yes"), "{}", text(&out));
+        assert_eq!(common::daemon::job_state(&pool, "twice").await.as_deref(), Some("completed"));
+    }
+    let out = cli(&db.url, &["reset", "--yes", "nosuchjob"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("no job named `nosuchjob`"), "{}", text(&out));
+
+    let out = cli(&db.url, &["reset", "--yes", "twice"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("starts over"), "{}", text(&out));
+    assert_eq!(common::daemon::job_state(&pool, "twice").await, None);
+
+    // Forget: gone from the progress table and from status.
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
+    jobs.remove("job");
+    let out = cli(&db.url, &["forget", "-y", "twice"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("removed from the progress table"), "{}", text(&out));
+    let out = cli(&db.url, &["status", "twice"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+// ----- held: by what, named once per job -----
+
+#[tokio::test]
+async fn a_hold_on_transaction_age_names_the_session_and_is_logged_once_per_job() {
+    let (db, _pool) = database(TABLE).await;
+    // A long transaction from an application the operator can find by its name.
+    let mut long = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("SET application_name = 'nightly-report'; BEGIN; SELECT txid_current();")
+        .execute(&mut long)
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut long).await.unwrap();
+    let admin = db.pool().await;
+    wait_until(REACT, "the transaction to be older than max_transaction_age", || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT clock_timestamp() - xact_start > interval '1.5s' FROM pg_stat_activity WHERE pid = $1",
+        )
+        .bind(pid)
+        .fetch_optional(&admin)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+    })
+    .await;
+    let jobs = JobsDir::new();
+    jobs.write(
+        "job",
+        &format!(
+            "{}concurrency: 3\nthrottle:\n  max_transaction_age: 1s\n",
+            slow("aged").replace("size: 10", "size: 500")
+        ),
+    );
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    let held = wait_json_state(&db.url, "aged", "held", &daemon).await;
+    let by = held["held_by"].as_str().unwrap_or_default().to_string();
+    assert!(by.contains(&format!("pid {pid}")) && by.contains("nightly-report"), "{held}");
+    let text = status_text(&db.url, "aged");
+    assert!(text.contains("held by: ") && text.contains("nightly-report"), "{text}");
+    assert!(text.contains(&format!("oldest open transaction: pid {pid}")), "{text}");
+
+    sqlx::Connection::close(long).await.unwrap();
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
+    let log = daemon.log();
+    let ranges = log.matches("range claimed").count();
+    assert!(ranges >= 2, "several range workers were held: {ranges}\n{log}");
+    assert_eq!(log.matches("throttled: not writing").count(), 1, "one throttle message per job:\n{log}");
+    assert!(!log.contains("outcome=NotRunning") && !log.contains("Failed(\""), "no Rust debug formatting:\n{log}");
+}
+
+// ----- help texts -----
+
+#[test]
+fn help_texts_describe_every_option_and_argument() {
+    let help = |args: &[&str]| {
+        let out = common::daemon::cli_offline(args);
+        assert!(out.status.success(), "{}", text(&out));
+        stdout(&out)
+    };
+    let status = help(&["status", "--help"]);
+    assert!(status.contains("--json") && status.contains("same document the daemon serves at /status"), "{status}");
+    assert!(status.contains("[NAME]") && status.contains("the `name:` in its spec"), "{status}");
+    assert!(status.contains("refused") && status.contains("orphaned"), "the states are listed:\n{status}");
+    let run = help(&["run", "--help"]);
+    assert!(run.contains("*.yaml") && run.contains("*.yml") && run.contains("--allow-empty"), "{run}");
+    for cmd in ["pause", "resume", "cancel", "reset", "forget"] {
+        let h = help(&[cmd, "--help"]);
+        assert!(h.contains("<NAME>") && h.contains("the `name:` in its spec"), "{cmd}:\n{h}");
+    }
+    for cmd in ["reset", "forget"] {
+        assert!(help(&[cmd, "--help"]).contains("--yes"), "{cmd}");
+    }
+    let top = help(&["--help"]);
+    for cmd in ["migrate", "forget", "check", "status"] {
+        assert!(top.contains(cmd), "{cmd} missing:\n{top}");
+    }
 }
