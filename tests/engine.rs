@@ -499,7 +499,7 @@ async fn reset_starts_the_job_over_with_fresh_progress() {
     let done_before = count(&pool, "SELECT count(*) FROM t WHERE n = 1").await;
     assert_eq!(first.rows_updated, done_before);
 
-    assert!(run_cli(&db.url, &["reset", "slow"]).contains("starts over"));
+    assert!(run_cli(&db.url, &["reset", "--yes", "slow"]).contains("starts over"));
     wait_until(REACT, "the job registered again", || async {
         job(&pool, "slow").await.is_some_and(|j| j.created_at > first.created_at)
     })
@@ -609,7 +609,7 @@ async fn after_a_refused_meaning_change_reset_runs_the_new_meaning() {
     })
     .await;
     assert_eq!(histogram(&pool, "t").await, vec![(1, 100)], "a completed job is not re-run with a new meaning");
-    run_cli(&db.url, &["reset", "remedy"]);
+    run_cli(&db.url, &["reset", "--yes", "remedy"]);
     wait_until(DEADLINE, "the new meaning to run to completion", || async {
         job(&pool, "remedy").await.is_some_and(|j| j.created_at > first.created_at && j.state == "completed")
     })
