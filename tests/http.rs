@@ -371,7 +371,8 @@ async fn a_wedged_supervisor_loop_fails_liveness_until_it_moves_again() {
     wait_for(port, "/healthz", 200, "supervisor", &daemon).await;
 }
 
-/// `--metrics-addr` on a port that is taken: the daemon exits at once, non-zero, naming the address.
+/// `--metrics-addr` on a port that is taken: the daemon exits at once (2), naming the address; so
+/// does an address without a port. The default is 8590, clear of postgres_exporter's 9187.
 #[tokio::test]
 async fn a_taken_metrics_port_is_fatal_and_named() {
     let (db, _pool) = database(10).await;
@@ -381,16 +382,20 @@ async fn a_taken_metrics_port_is_fatal_and_named() {
     jobs.write("j", &spec("never", ""));
     let mut daemon = Daemon::start(&db.url, jobs.path(), &["--metrics-addr", &addr]);
     let status = daemon.wait_exit(Duration::from_secs(20));
-    assert!(!status.success(), "{status:?}");
+    assert_eq!(status.code(), Some(2), "{status:?}");
     let log = daemon.log();
     assert!(log.contains(&format!("cannot listen on {addr} (--metrics-addr)")), "{log}");
     assert!(!log.contains("pgbackfill starting"), "nothing runs unseen:\n{log}");
     drop(taken);
 
     let out = cli(&db.url, &["run", "--jobs", jobs.path().to_str().unwrap(), "--metrics-addr", "nonsense"]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on nonsense (--metrics-addr)") && err.contains("HOST:PORT"), "{err}");
+
+    let help = common::daemon::cli_offline(&["run", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("[default: 0.0.0.0:8590]"), "{help}");
 }
 
 /// `status --watch` redraws every second: each frame has the job's state, a progress bar, %, rows/s,
