@@ -466,6 +466,15 @@ mod tests {
         assert_eq!(sorted.len(), ALL.len(), "a name is listed twice");
     }
 
+    /// The README's metrics table is the user's copy of the contract: every name, in a row of its own.
+    #[test]
+    fn the_readme_documents_every_metric() {
+        let readme = include_str!("../README.md");
+        for name in ALL {
+            assert!(readme.contains(&format!("| `{name}` |")), "README's metrics table lacks {name}");
+        }
+    }
+
     #[test]
     fn label_values_are_bounded_and_distinct() {
         let outcomes: Vec<_> = BatchOutcome::ALL.iter().map(|o| o.label()).collect();
