@@ -325,6 +325,13 @@ impl Progress {
 
     /// Create or upgrade the schema. Safe to run concurrently from many daemons.
     pub async fn migrate(&self) -> Result<(), ProgressError> {
+        // Up to date: no DDL at all. `CREATE SCHEMA IF NOT EXISTS` checks the database's CREATE
+        // privilege even when the schema exists, so without this a daemon would need CREATE on
+        // the database at every start, not just the first; and a daemon role that was only
+        // granted DML on a schema `pgbackfill migrate` created (deploy/sql/) could never start.
+        if self.schema_version().await? >= Some(expected_version()) {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('pgbackfill.migrate:' || $1))")
             .bind(&self.schema_raw)

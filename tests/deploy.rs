@@ -1,5 +1,5 @@
 //! The files under `deploy/` against the real binary and a real primary + standby: the job specs
-//! they ship pass `check` and are all listed in their kustomizations, `deploy/sql/grants.sql` is
+//! they ship pass `check` and are all listed in their kustomizations, each `deploy/sql/` script is
 //! enough to run a backfill, and every metric name the Grafana dashboard and the alerts query
 //! exists in a live scrape. (`.ci/deploy` lints and validates the same files without a database.)
 
@@ -105,11 +105,13 @@ fn shipped_job_specs_are_listed_in_their_kustomization_and_pass_check() {
     }
 }
 
-/// `deploy/sql/grants.sql`, run as it is, creates a role that can run the Job example (its spec,
-/// its arguments) from start to end: progress schema, lag measurement (pg_monitor), the batches,
-/// the verification, exit 0.
-#[tokio::test]
-async fn grants_sql_is_enough_to_run_the_shipped_job() {
+/// The grants scripts create the cluster-wide role `pgbackfill`: one test applies its script at a
+/// time (two concurrent `GRANT pg_monitor` to one role can collide).
+static GRANTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A database with the `public.orders` table of the shipped job, and `script` (a file of
+/// deploy/sql/) applied to it by the superuser, as it is.
+async fn orders_database(script: &str) -> (common::TestDb, PgPool) {
     let cluster = common::cluster().await;
     let db = cluster.new_database().await;
     let pool = db.pool().await;
@@ -120,9 +122,20 @@ async fn grants_sql_is_enough_to_run_the_shipped_job() {
     .execute(&pool)
     .await
     .expect("create orders");
-    let grants = read(&repo("deploy/sql/grants.sql"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(grants)).execute(&pool).await.expect("deploy/sql/grants.sql");
+    if script.ends_with("precreated-schema.sql") {
+        // The schema owner (here the superuser) creates the progress schema first.
+        let out = common::daemon::cli(&db.url, &["migrate"]);
+        assert!(out.status.success(), "pgbackfill migrate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _one_at_a_time = GRANTS.lock().await;
+    let sql = read(&repo(script));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap_or_else(|e| panic!("{script}: {e}"));
+    (db, pool)
+}
 
+/// Runs the Job example (its spec directory, its arguments) as the role `pgbackfill` until it
+/// exits, and checks it exited 0 with every row backfilled and the job completed.
+async fn run_job_example_as_pgbackfill(db: &common::TestDb, pool: &PgPool) {
     // The cluster trusts loopback connections, so the role needs no password here.
     let url = db.url.replacen("postgres@", "pgbackfill@", 1);
     assert_ne!(url, db.url, "expected a postgres@ URL: {}", db.url);
@@ -134,16 +147,47 @@ async fn grants_sql_is_enough_to_run_the_shipped_job() {
     assert!(status.success(), "daemon exited with {status:?}; log:\n{}", daemon.log());
     let left: i64 =
         sqlx::query_scalar("SELECT count(*) FROM public.orders WHERE fulfillment_channel IS DISTINCT FROM 'web'")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .expect("count");
     assert_eq!(left, 0, "rows not backfilled; log:\n{}", daemon.log());
     let state: String =
         sqlx::query_scalar("SELECT state FROM pgbackfill.jobs WHERE name = 'orders-fulfillment-channel'")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .expect("job state");
     assert_eq!(state, "completed");
+}
+
+/// `deploy/sql/grants.sql`, run as it is, creates a role that can run the Job example from start
+/// to end: progress schema, lag measurement (pg_monitor), the batches, the verification, exit 0.
+/// CREATE on the database is needed once: revoked after the first run, the next run still works.
+#[tokio::test]
+async fn grants_sql_is_enough_to_run_the_shipped_job() {
+    let (db, pool) = orders_database("deploy/sql/grants.sql").await;
+    run_job_example_as_pgbackfill(&db, &pool).await;
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("REVOKE CREATE ON DATABASE \"{}\" FROM pgbackfill", db.name)))
+        .execute(&pool)
+        .await
+        .expect("revoke");
+    run_job_example_as_pgbackfill(&db, &pool).await;
+}
+
+/// `deploy/sql/grants-precreated-schema.sql`, after `pgbackfill migrate` by the schema owner: the
+/// role has no CREATE privilege on the database or the schema, and still runs the job to the end.
+#[tokio::test]
+async fn grants_on_a_precreated_schema_are_enough_to_run_the_shipped_job() {
+    let (db, pool) = orders_database("deploy/sql/grants-precreated-schema.sql").await;
+    let (on_database, on_schema): (bool, bool) = sqlx::query_as(
+        "SELECT has_database_privilege('pgbackfill', current_database(), 'CREATE'), \
+                has_schema_privilege('pgbackfill', 'pgbackfill', 'CREATE')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("privileges");
+    assert_eq!((on_database, on_schema), (false, false));
+    run_job_example_as_pgbackfill(&db, &pool).await;
 }
 
 /// Every `pgbackfill_*` name in the dashboard's queries (and its variables) and in the alert rules,
