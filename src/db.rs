@@ -42,9 +42,152 @@ pub const SESSION_OPTIONS: [(&str, &str); 5] = [
     ("tcp_keepalives_count", "3"),
 ];
 
+/// How to write special characters of a password inside a URL.
+const PERCENT_ENCODE_HINT: &str = "percent-encode special characters in the user name and password \
+     (@ as %40, / as %2F, : as %3A, ? as %3F, # as %23, % as %25), or use a libpq key=value string \
+     (host=… port=… dbname=… user=… password='…')";
+
+fn config(message: String) -> sqlx::Error {
+    sqlx::Error::Configuration(message.into())
+}
+
+/// libpq keywords accepted in a `key=value` connection string (those sqlx's URL form understands).
+const KEYWORDS: [&str; 12] = [
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "application_name",
+    "options",
+];
+
+/// Split a libpq keyword/value string (`host=db port=5432 password='a b\'c'`) into pairs, with
+/// libpq's quoting: single quotes around a value, backslash escaping `'` and `\` inside them.
+fn keyword_values(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') {
+            return Err(format!("`{key}` has no `=value` (expected key=value pairs separated by spaces)"));
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    None => return Err(format!("the value of `{key}` has no closing quote")),
+                    Some('\'') => break,
+                    Some('\\') => match chars.next() {
+                        Some(c) => value.push(c),
+                        None => return Err(format!("the value of `{key}` has no closing quote")),
+                    },
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                if c == '\\' {
+                    chars.next();
+                    if let Some(escaped) = chars.next() {
+                        value.push(escaped);
+                    }
+                    continue;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        if !KEYWORDS.contains(&key.as_str()) {
+            return Err(format!("unsupported keyword `{key}` (supported: {})", KEYWORDS.join(", ")));
+        }
+        pairs.push((key, value));
+    }
+}
+
+/// Parse a connection string the way the driver will use it: a `postgres://` / `postgresql://` URL
+/// or a libpq `key=value` string. Errors never echo the string (it may hold a password).
+pub fn parse_target(conn: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    let s = conn.trim();
+    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+        // A password with an unescaped `/`, `?` or `#` ends the authority early: the rest of it
+        // would become the database name (or a fragment) and show up in messages. Refuse that.
+        match url::Url::parse(s) {
+            Ok(u) if u.path().contains('@') || u.fragment().is_some() => Err(config(format!(
+                "the database URL has an `@` or `#` after its host part, so part of the password would be \
+                 read as the host, port or database name: {PERCENT_ENCODE_HINT}"
+            ))),
+            Ok(_) => PgConnectOptions::from_str(s).map_err(|e| match e {
+                sqlx::Error::Configuration(inner) => {
+                    config(format!("invalid database URL ({inner}); {PERCENT_ENCODE_HINT}"))
+                }
+                other => other,
+            }),
+            Err(e) => Err(config(format!("invalid database URL ({e}); {PERCENT_ENCODE_HINT}"))),
+        }
+    } else if s.contains('=') {
+        let pairs = keyword_values(s).map_err(|e| config(format!("invalid key=value connection string: {e}")))?;
+        // Through the driver's own URL form, so both spellings mean exactly the same.
+        let mut url = url::Url::parse("postgres://").map_err(|e| config(e.to_string()))?;
+        url.query_pairs_mut().extend_pairs(pairs.iter());
+        PgConnectOptions::from_str(url.as_str())
+            .map_err(|e| config(format!("invalid key=value connection string: {}", crate::error::sql(&e))))
+    } else {
+        Err(config(
+            "the database URL must be a postgres:// (or postgresql://) URL, or a libpq key=value string \
+             such as `host=db port=5432 dbname=app user=backfill`"
+                .to_string(),
+        ))
+    }
+}
+
+/// What a connection is to, for messages: `host:port/database as user` (a Unix socket shows its
+/// directory). Never the password.
+pub fn describe_target(opts: &PgConnectOptions) -> String {
+    let host = match opts.get_socket() {
+        Some(dir) => dir.display().to_string(),
+        None => opts.get_host().to_string(),
+    };
+    let database = opts.get_database().unwrap_or(opts.get_username());
+    format!("{host}:{}/{database} as {}", opts.get_port(), opts.get_username())
+}
+
+/// [`describe_target`] of a connection string; a placeholder when it does not parse.
+pub fn target(conn: &str) -> String {
+    parse_target(conn).map(|o| describe_target(&o)).unwrap_or_else(|_| "<database url>".to_string())
+}
+
 /// Parse a database URL and pin the session settings pgbackfill relies on.
 pub fn connect_options(url: &str, application_name: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    let opts = PgConnectOptions::from_str(url)?
+    let opts = parse_target(url)?
         .application_name(application_name)
         .options(SESSION_OPTIONS)
         .extra_float_digits(3)
@@ -135,44 +278,42 @@ pub async fn pool(url: &str, application_name: &str, max_connections: u32) -> Re
     Ok(pool_options(max_connections).connect_lazy_with(opts))
 }
 
-/// The database could not be reached; the message names the (redacted) URL and the cause.
+/// The database could not be reached; the message names the target (host:port/database as user,
+/// never the password) and the cause.
 #[derive(Debug, thiserror::Error)]
 // The cause is the source, not part of the message: `{:#}` would print it twice.
-#[error("cannot connect to {url}")]
+#[error("cannot connect to {target}")]
 pub struct ConnectError {
-    pub url: String,
+    pub target: String,
     #[source]
     pub source: sqlx::Error,
 }
 
-/// Open (and return to the pool) one connection, for CLI commands that should fail fast and
-/// clearly when the database is unreachable.
-///
-/// When the pool only says it timed out (it retries refused connections until
-/// [`ACQUIRE_TIMEOUT`]), one direct attempt recovers the underlying cause ("connection refused",
-/// a DNS failure, an authentication error) for the message.
+/// How long one direct connection attempt may take before [`check_connection`] gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open (and close) one connection directly, for commands that should fail fast and clearly when
+/// the database is unreachable: a closed port says "connection refused" at once, instead of the
+/// pool retrying until [`ACQUIRE_TIMEOUT`] and reporting only that it timed out. The session pins
+/// are checked too ([`pin_session`]).
 pub async fn check_connection(pool: &PgPool, url: &str) -> Result<(), ConnectError> {
-    let err = match pool.acquire().await {
-        Ok(_) => return Ok(()),
-        Err(sqlx::Error::PoolTimedOut) => {
-            match tokio::time::timeout(ACQUIRE_TIMEOUT, pool.connect_options().connect()).await {
-                Ok(Ok(mut conn)) => {
-                    // The server came up in between (fine after all), or the session is refused
-                    // by the pins check, which the pool only logs: say so.
-                    let pinned = pin_session(&mut conn).await;
-                    let _ = sqlx::Connection::close(conn).await;
-                    match pinned {
-                        Ok(()) => return Ok(()),
-                        Err(e) => e,
-                    }
-                }
-                Ok(Err(e)) => e,
-                Err(_) => sqlx::Error::PoolTimedOut,
+    let target = target(url);
+    let err = match tokio::time::timeout(CONNECT_TIMEOUT, pool.connect_options().connect()).await {
+        Ok(Ok(mut conn)) => {
+            let pinned = pin_session(&mut conn).await;
+            let _ = sqlx::Connection::close(conn).await;
+            match pinned {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
             }
         }
-        Err(e) => e,
+        Ok(Err(e)) => e,
+        Err(_) => sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {}s", CONNECT_TIMEOUT.as_secs()),
+        )),
     };
-    Err(ConnectError { url: redact_url(url), source: err })
+    Err(ConnectError { target, source: err })
 }
 
 /// Query parameters that carry a secret (libpq's `password`, and the client key's `sslpassword`).
@@ -185,8 +326,14 @@ fn is_secret_param(key: &str) -> bool {
 /// keyword/value string, say) is not echoed at all.
 pub fn redact_url(url: &str) -> String {
     const OPAQUE: &str = "<database url>";
-    let Ok(mut parsed) = url::Url::parse(url) else {
+    // Exactly what the driver will connect to, or nothing: a URL whose password has an unescaped
+    // `@`, `/` or `#` would otherwise show part of it as host, port or database.
+    let Ok(opts) = parse_target(url) else {
         return OPAQUE.to_string();
+    };
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // A libpq key=value string: show what it points at.
+        return describe_target(&opts);
     };
     if parsed.password().is_some() && parsed.set_password(None).is_err() {
         return OPAQUE.to_string();
@@ -243,8 +390,40 @@ mod tests {
     }
 
     #[test]
+    fn key_value_strings_mean_what_libpq_means() {
+        let o = parse_target("host=db.internal port=5433 dbname=app user=backfill password='a b\\'c@/'").unwrap();
+        assert_eq!(describe_target(&o), "db.internal:5433/app as backfill");
+        assert_eq!(redact_url("host=db port=5433 dbname=app user=u password=s3cret"), "db:5433/app as u");
+        let o = parse_target("host=/var/run/postgresql dbname=app user=u").unwrap();
+        assert_eq!(describe_target(&o), "/var/run/postgresql:5432/app as u");
+        let e = parse_target("host=db passwd=x").unwrap_err().to_string();
+        assert!(e.contains("unsupported keyword `passwd`") && !e.contains("=x"), "{e}");
+        let e = parse_target("host=db password='unterminated").unwrap_err().to_string();
+        assert!(e.contains("no closing quote") && !e.contains("unterminated"), "{e}");
+        let e = parse_target("db.internal").unwrap_err().to_string();
+        assert!(e.contains("postgres://") && e.contains("key=value"), "{e}");
+    }
+
+    #[test]
+    fn unescaped_password_characters_never_leak() {
+        // `/` ends the authority: "12" would be the port and "ss@db/x" the database.
+        for url in ["postgres://app:12/zq9@db/x", "postgres://app:pa#zq9@db/x", "postgres://app:pa/zq9@db:5432/x"] {
+            assert_eq!(redact_url(url), "<database url>", "{url}");
+            let e = parse_target(url).unwrap_err().to_string();
+            assert!(e.contains("%40") && e.contains("%2F"), "says how to percent-encode: {e}");
+            assert!(!e.contains("zq9"), "{e}");
+            assert_eq!(target(url), "<database url>");
+        }
+        // An unescaped `@` is read like the driver reads it: everything before the last `@`.
+        assert_eq!(redact_url("postgres://app:p@ss@db/x"), "postgres://app@db/x");
+        assert_eq!(target("postgres://app:p@ss@db/x"), "db:5432/x as app");
+    }
+
+    #[test]
     fn unparsable_is_opaque() {
-        assert_eq!(redact_url("host=db password=x"), "<database url>");
+        // A libpq key=value string shows its target, never its password.
+        let shown = redact_url("host=db password=zq9");
+        assert!(shown.starts_with("db:5432/") && !shown.contains("zq9"), "{shown}");
         assert_eq!(redact_url(""), "<database url>");
     }
 
@@ -271,14 +450,12 @@ mod tests {
         let url = "postgres://app:s3cret@127.0.0.1:1/x";
         let lazy = pool(url, "t", 2).await.expect("a lazy pool does not connect");
         assert_eq!(lazy.size(), 0);
-        // The same pool with a short acquire timeout, so the test does not wait ACQUIRE_TIMEOUT.
-        let pool = pool_options(2)
-            .acquire_timeout(Duration::from_millis(300))
-            .connect_lazy_with(connect_options(url, "t").unwrap());
-        // As the CLI prints it: the message, then its cause.
-        let err = format!("{:#}", anyhow::Error::from(check_connection(&pool, url).await.unwrap_err()));
-        assert!(err.starts_with("cannot connect to postgres://app@127.0.0.1:1/x: "), "{err}");
-        assert!(err.contains("refused"), "{err}");
+        // A refused connection is reported at once, not after the pool's ACQUIRE_TIMEOUT.
+        let started = std::time::Instant::now();
+        // As the CLI prints it: the message, then its cause, each once.
+        let err = crate::error::report(&anyhow::Error::from(check_connection(&lazy, url).await.unwrap_err()));
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert_eq!(err, "cannot connect to 127.0.0.1:1/x as app: Connection refused");
         assert!(!err.contains("s3cret"), "{err}");
         assert!(!err.contains("pool timed out"), "the cause, not the pool's timeout: {err}");
         // A malformed URL still fails at once.

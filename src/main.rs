@@ -447,7 +447,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let liveness = Liveness::default();
     let url = args.db.require_url()?;
     let owner = owner_id();
-    tracing::info!(database = %db::redact_url(&url), owner = %owner, jobs = %args.jobs.display(), "pgbackfill starting");
+    tracing::info!(database = %db::target(&url), owner = %owner, jobs = %args.jobs.display(), "pgbackfill starting");
     let max_connections = args.max_connections.max(5);
     let pool = db::pool(&url, &format!("pgbackfill {owner}"), max_connections)
         .await
@@ -464,18 +464,27 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         });
     }
     // Start-up retries: the database may still be coming up next to us (sidecar start order).
+    // Each attempt connects directly first, so an unreachable database is reported at once with
+    // its cause ("connection refused" on host:port), and a shutdown request ends the wait.
     let mut delay = Duration::from_millis(500);
     loop {
-        match progress.migrate().await {
+        let attempt = async {
+            db::check_connection(&pool, &url).await.map_err(|e| pgbackfill::error::chain(&e))?;
+            progress.migrate().await.map_err(|e| pgbackfill::error::chain(&e))
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Ok(ExitCode::SUCCESS),
+            r = attempt => r,
+        };
+        match result {
             Ok(()) => break,
-            Err(e) if !cancel.is_cancelled() => {
-                tracing::warn!(error = %e, "cannot prepare the progress table yet; retrying");
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot prepare the progress table yet; retrying");
                 if pgbackfill::worker::sleep_or_cancel(delay, &cancel).await {
                     return Ok(ExitCode::SUCCESS);
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
-            Err(e) => return Err(e.into()),
         }
     }
     let measurements = throttle::spawn_controller(

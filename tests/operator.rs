@@ -376,3 +376,56 @@ fn help_texts_describe_every_option_and_argument() {
         assert!(top.contains(cmd), "{cmd} missing:\n{top}");
     }
 }
+
+// ----- connection errors: immediate, naming the target, never the password -----
+
+#[tokio::test]
+async fn connection_errors_are_immediate_and_name_the_target_not_the_password() {
+    let (db, _pool) = database(TABLE).await;
+    let port = free_port();
+    let closed = format!("postgres://app:zq9secret@127.0.0.1:{port}/appdb");
+    let started = std::time::Instant::now();
+    let out = cli(&closed, &["status"]);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = stderr(&out);
+    assert_eq!(
+        err.trim(),
+        format!("error: cannot connect to 127.0.0.1:{port}/appdb as app: Connection refused"),
+        "{}",
+        text(&out)
+    );
+
+    // A password with an unescaped `/`: refused with the fix, and no part of it shown.
+    let out = cli(&format!("postgres://app:12/zq9@127.0.0.1:{port}/appdb"), &["status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("percent-encode") && stderr(&out).contains("%2F"), "{}", text(&out));
+    assert!(!stderr(&out).contains("zq9"), "{}", text(&out));
+
+    // A libpq key=value string works like the URL.
+    let (host, rest) = db.url.trim_start_matches("postgres://postgres@").split_once(':').unwrap();
+    let (db_port, name) = rest.split_once('/').unwrap();
+    let kv = format!("host={host} port={db_port} dbname={name} user=postgres");
+    let out = cli(&kv, &["migrate"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&kv, &["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A daemon that cannot reach its database says why, and still exits 0 on SIGTERM.
+    let jobs = JobsDir::new();
+    jobs.write("job", &slow("unreachable"));
+    let mut daemon = Daemon::start(&closed, jobs.path(), &[]);
+    wait_until(REACT, "the daemon to report the refused connection", || {
+        let log = daemon.log();
+        async move { log.contains("cannot prepare the progress table yet") }
+    })
+    .await;
+    let log = daemon.log();
+    assert!(log.contains(&format!("cannot connect to 127.0.0.1:{port}/appdb as app: Connection refused")), "{log}");
+    assert!(!log.contains("zq9secret") && !log.contains("os error"), "{log}");
+    assert!(!log.contains("Connection refused: Connection refused"), "each cause once:\n{log}");
+    let stopping = std::time::Instant::now();
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
+    assert!(stopping.elapsed() < Duration::from_secs(3), "took {:?}", stopping.elapsed());
+}
