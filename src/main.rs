@@ -493,6 +493,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             poll_interval: args.lag_poll_interval,
             max_reply_age: args.max_reply_age,
             forget_standby_after: args.forget_standby_after,
+            memory: Some(progress.clone()),
+            remember: true,
             // One poll is bounded by its own timeout; allow two, so a slow machine is not "wedged".
             heartbeat: liveness.watch(
                 "throttle",

@@ -129,6 +129,20 @@ ALTER TABLE {schema}.jobs
     ADD COLUMN verify_done     boolean NOT NULL DEFAULT false;
 "#,
     ),
+    (
+        6,
+        // Standbys seen (issue 10): a daemon that starts while a known standby is down holds jobs
+        // for it (fail closed) instead of not knowing it exists. `id` is `slot:<slot name>` when
+        // the standby streams from a slot, else `name:<application_name> (<client address>)`.
+        r#"
+CREATE TABLE {schema}.standbys (
+    id          text PRIMARY KEY,
+    name        text NOT NULL,
+    first_seen  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now()
+);
+"#,
+    ),
 ];
 
 #[derive(Debug, Error)]
@@ -638,6 +652,32 @@ impl Progress {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Record the standbys streaming now (`(id, name)`), so a daemon started while one of them is
+    /// down knows to wait for it (see `throttle::Tracker`).
+    pub async fn remember_standbys(&self, present: &[(String, String)]) -> Result<(), ProgressError> {
+        let (ids, names): (Vec<&str>, Vec<&str>) = present.iter().map(|(i, n)| (i.as_str(), n.as_str())).unzip();
+        sqlx::query(self.sql(
+            "INSERT INTO {schema}.standbys AS s (id, name) SELECT * FROM unnest($1::text[], $2::text[]) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, last_seen = now()",
+        ))
+        .bind(ids)
+        .bind(names)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every standby ever recorded: `(id, name, seconds since it was last seen)`.
+    pub async fn known_standbys(&self) -> Result<Vec<(String, String, f64)>, ProgressError> {
+        Ok(sqlx::query_as(
+            self.sql(
+                "SELECT id, name, extract(epoch FROM now() - last_seen)::float8 FROM {schema}.standbys ORDER BY id",
+            ),
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn complete(&self, name: &str, leftover_rows: Option<i64>) -> Result<bool, ProgressError> {

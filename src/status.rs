@@ -266,8 +266,9 @@ pub async fn report(pool: &PgPool, progress: &Progress, name: Option<&str>) -> R
         job.steps = steps.iter().filter(|s| s.job == job.name).cloned().collect();
     }
     // A live snapshot of replication, as the daemons' throttle sees it right now.
-    let replication =
-        throttle::measure(pool, &throttle::ControllerConfig::default(), &mut throttle::Tracker::default()).await;
+    // With the standbys daemons remember (read only): one that is down shows as disconnected.
+    let cfg = throttle::ControllerConfig { memory: Some(progress.clone()), ..throttle::ControllerConfig::default() };
+    let replication = throttle::measure(pool, &cfg, &mut throttle::Tracker::default()).await;
     Ok(StatusReport { jobs, replication })
 }
 

@@ -393,6 +393,10 @@ pub struct ControllerConfig {
     pub forget_standby_after: Duration,
     /// Stamped after every poll, for `/healthz` (detached by default).
     pub heartbeat: crate::health::Heartbeat,
+    /// Where standbys seen are remembered across restarts (see [`Tracker`]); `None`: only in memory.
+    pub memory: Option<crate::progress::Progress>,
+    /// Record the standbys seen in `memory` (the daemon); `false` only reads it (`status`).
+    pub remember: bool,
 }
 
 impl Default for ControllerConfig {
@@ -402,6 +406,8 @@ impl Default for ControllerConfig {
             max_reply_age: Duration::from_secs(30),
             forget_standby_after: Duration::from_secs(300),
             heartbeat: crate::health::Heartbeat::default(),
+            memory: None,
+            remember: false,
         }
     }
 }
@@ -530,24 +536,45 @@ pub struct Tracker {
     /// `reply_time` that stops changing shows it. Comparing `reply_time` with the primary's clock
     /// instead would mix two machines' clocks.
     replies: HashMap<i32, (Option<f64>, Instant)>,
-    /// Standbys by name, and when they were last in `pg_stat_replication`.
-    seen: HashMap<String, Instant>,
+    /// Standbys by identity (`slot:<slot>`, else `name:<application_name (address)>`): their name,
+    /// and when they were last in `pg_stat_replication`. Two standbys with one application_name
+    /// but different slots or addresses stay apart.
+    seen: HashMap<String, (String, Instant)>,
+    /// The standbys remembered in the progress schema have been loaded (first successful poll).
+    loaded: bool,
+    /// When the standbys present were last written to the progress schema, and which they were.
+    remembered: Option<(Instant, Vec<String>)>,
 }
 
+/// How often a daemon refreshes `last_seen` of the standbys present (and at once when the set
+/// changes): often enough that a restart's "seen N s ago" is close, rare enough to write little.
+const REMEMBER_EVERY: Duration = Duration::from_secs(10);
+
 impl Tracker {
-    /// Remember the standbys present now; return the ones that disappeared less than
-    /// `forget_after` ago, with unknown lag. A standby that disconnects (network, restart, crash)
-    /// is the most common standby trouble, and ignoring it would fail *open*.
-    fn missing_standbys(&mut self, present: &[String], now: Instant, forget_after: Duration) -> Vec<Standby> {
-        for name in present {
-            self.seen.insert(name.clone(), now);
+    /// Seed the tracker with standbys seen by earlier daemons: `(id, name, seconds ago)`. One
+    /// that is not streaming now is missing from the first poll on (fail closed), until it
+    /// returns or `forget_after` has passed since it was last seen.
+    pub fn recall(&mut self, known: Vec<(String, String, f64)>, now: Instant) {
+        for (id, name, ago) in known {
+            let last = now.checked_sub(Duration::from_secs_f64(ago.max(0.0))).unwrap_or(now);
+            let entry = self.seen.entry(id).or_insert((name, last));
+            entry.1 = entry.1.max(last);
         }
-        self.seen.retain(|_, last| now.duration_since(*last) <= forget_after);
+    }
+
+    /// Remember the standbys present now (`(id, name)`); return the ones that disappeared less
+    /// than `forget_after` ago, with unknown lag. A standby that disconnects (network, restart,
+    /// crash) is the most common standby trouble, and ignoring it would fail *open*.
+    fn missing_standbys(&mut self, present: &[(String, String)], now: Instant, forget_after: Duration) -> Vec<Standby> {
+        for (id, name) in present {
+            self.seen.insert(id.clone(), (name.clone(), now));
+        }
+        self.seen.retain(|_, (_, last)| now.duration_since(*last) <= forget_after);
         let mut missing: Vec<Standby> = self
             .seen
             .iter()
-            .filter(|(name, _)| !present.contains(name))
-            .map(|(name, last)| Standby {
+            .filter(|(id, _)| !present.iter().any(|(p, _)| p == *id))
+            .map(|(_, (name, last))| Standby {
                 name: name.clone(),
                 lag_seconds: None,
                 lag_bytes: None,
@@ -630,9 +657,16 @@ async fn poll_with_timeout(
     }
 }
 
-/// How a standby is named, in every reading of `pg_stat_replication`.
-const STANDBY_NAME: &str =
-    "coalesce(nullif(application_name, ''), 'pid ' || pid) || coalesce(' (' || host(client_addr) || ')', '')";
+/// The replication slot a walsender streams from, in a reading of `pg_stat_replication`.
+const STANDBY_SLOT: &str =
+    "(SELECT s.slot_name::text FROM pg_replication_slots s WHERE s.active_pid = pg_stat_replication.pid LIMIT 1)";
+
+/// How a standby is named, in every reading of `pg_stat_replication`: application_name, client
+/// address and slot, so two standbys that share an application_name (the default `walreceiver`)
+/// are told apart.
+const STANDBY_NAME: &str = "coalesce(nullif(application_name, ''), 'pid ' || pid) \
+     || coalesce(' (' || host(client_addr) || ')', '') \
+     || coalesce(' slot ' || (SELECT s.slot_name::text FROM pg_replication_slots s WHERE s.active_pid = pg_stat_replication.pid LIMIT 1), '')";
 
 /// A reading of replica lag taken by a worker at the start of its batch, on the batch's own
 /// connection, so that no batch starts on a measurement older than the previous commit.
@@ -669,8 +703,42 @@ pub async fn read_fresh_lag(conn: &mut sqlx::PgConnection) -> Result<FreshLag, s
     Ok(FreshLag { at, current: current as u64, standbys })
 }
 
-/// pid, name, state, replay position, `replay_lag`, `reply_time` (epoch seconds).
-type ReplicationRow = (i32, String, Option<String>, Option<f64>, Option<f64>, Option<f64>);
+/// pid, name, state, replay position, `replay_lag`, `reply_time` (epoch seconds), slot.
+type ReplicationRow = (i32, String, Option<String>, Option<f64>, Option<f64>, Option<f64>, Option<String>);
+
+/// Load the standbys earlier daemons saw (once), and record the ones present now. Best effort:
+/// without the progress schema (`status` before any daemon ran) there is nothing to recall.
+async fn remember_standbys(
+    memory: &crate::progress::Progress,
+    write: bool,
+    tracker: &mut Tracker,
+    present: &[(String, String)],
+    now: Instant,
+) {
+    if !tracker.loaded {
+        match memory.known_standbys().await {
+            Ok(known) => {
+                tracker.recall(known, now);
+                tracker.loaded = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the standbys seen earlier"),
+        }
+    }
+    if !write || present.is_empty() {
+        return;
+    }
+    let ids: Vec<String> = present.iter().map(|(id, _)| id.clone()).collect();
+    let due = match &tracker.remembered {
+        Some((at, before)) => *before != ids || now.duration_since(*at) >= REMEMBER_EVERY,
+        None => true,
+    };
+    if due {
+        match memory.remember_standbys(present).await {
+            Ok(()) => tracker.remembered = Some((now, ids)),
+            Err(e) => tracing::debug!(error = %e, "cannot record the standbys seen"),
+        }
+    }
+}
 
 /// One poll. Never fails: a failure is a measurement with `error` set.
 pub async fn measure(pool: &sqlx::PgPool, cfg: &ControllerConfig, tracker: &mut Tracker) -> Measurement {
@@ -726,7 +794,7 @@ async fn try_measure(
     tracker.history.record(now, current as u64);
     let rows: Vec<ReplicationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT pid, {STANDBY_NAME}, state, pg_wal_lsn_diff(replay_lsn, '0/0')::float8, \
-                extract(epoch FROM replay_lag)::float8, extract(epoch FROM reply_time)::float8 \
+                extract(epoch FROM replay_lag)::float8, extract(epoch FROM reply_time)::float8, {STANDBY_SLOT} \
          FROM pg_stat_replication ORDER BY 2, 1"
     )))
     .fetch_all(&mut *conn)
@@ -735,7 +803,8 @@ async fn try_measure(
     let pids: Vec<i32> = rows.iter().map(|r| r.0).collect();
     tracker.replies.retain(|pid, _| pids.contains(pid));
     let mut standbys = Vec::new();
-    for (pid, name, state, replay, replay_lag, reply_time) in rows {
+    let mut present: Vec<(String, String)> = Vec::new();
+    for (pid, name, state, replay, replay_lag, reply_time, slot) in rows {
         let Some(replay) = replay else {
             // pg_receivewal, backup tools: they never replay, so they cannot lag in the sense we
             // mean. (A standby that has not reported yet is also here; it is not `streaming`.)
@@ -760,9 +829,16 @@ async fn try_measure(
                 Err(why) => (None, Some(why)),
             }
         };
+        let id = match slot {
+            Some(slot) => format!("slot:{slot}"),
+            None => format!("name:{name}"),
+        };
+        present.push((id, name.clone()));
         standbys.push(Standby { name, lag_seconds, lag_bytes: Some(lag_bytes), streaming, unknown });
     }
-    let present: Vec<String> = standbys.iter().map(|s| s.name.clone()).collect();
+    if let Some(memory) = &cfg.memory {
+        remember_standbys(memory, cfg.remember, tracker, &present, now).await;
+    }
     standbys.extend(tracker.missing_standbys(&present, now, cfg.forget_standby_after));
     let slots: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
         "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots ORDER BY 1",
@@ -1035,14 +1111,48 @@ mod tests {
         assert!((rate(g.decide(&measured(1.0, 0))) - (RESTART_RATE + INCREASE)).abs() < 1e-9);
     }
 
+    /// Standbys identified by their names.
+    fn ids(names: &[&str]) -> Vec<(String, String)> {
+        names.iter().map(|n| (format!("name:{n}"), n.to_string())).collect()
+    }
+
+    #[test]
+    fn standbys_sharing_an_application_name_stay_apart() {
+        let mut t = Tracker::default();
+        let t0 = Instant::now();
+        let forget = Duration::from_secs(300);
+        let both = vec![
+            ("slot:a".to_string(), "walreceiver (10.0.0.1)".to_string()),
+            ("slot:b".to_string(), "walreceiver (10.0.0.1)".to_string()),
+        ];
+        assert!(t.missing_standbys(&both, t0, forget).is_empty());
+        let gone = t.missing_standbys(&both[..1], t0 + Duration::from_secs(5), forget);
+        assert_eq!(gone.len(), 1, "the standby on slot b is missing even though one with its name streams");
+    }
+
+    #[test]
+    fn a_standby_seen_by_an_earlier_daemon_is_missing_until_forgotten() {
+        let forget = Duration::from_secs(300);
+        let t0 = Instant::now() + Duration::from_secs(1000);
+        let mut t = Tracker::default();
+        t.recall(vec![("slot:s".into(), "walreceiver slot s".into(), 30.0)], t0);
+        let gone = t.missing_standbys(&[], t0, forget);
+        assert_eq!(gone.len(), 1);
+        assert!(gone[0].unknown.as_deref().is_some_and(|w| w.contains("disconnected 30s ago")), "{gone:?}");
+        // Seen longer ago than forget_after: not held for.
+        let mut t = Tracker::default();
+        t.recall(vec![("slot:s".into(), "walreceiver slot s".into(), 301.0)], t0);
+        assert!(t.missing_standbys(&[], t0, forget).is_empty());
+    }
+
     #[test]
     fn a_disconnected_standby_counts_as_unknown_until_forgotten() {
         let mut t = Tracker::default();
         let t0 = Instant::now();
         let forget = Duration::from_secs(300);
-        assert!(t.missing_standbys(&["s1".into(), "s2".into()], t0, forget).is_empty());
+        assert!(t.missing_standbys(&ids(&["s1", "s2"]), t0, forget).is_empty());
         // s2 drops out: reported, lag unknown, so the gate holds jobs.
-        let gone = t.missing_standbys(&["s1".into()], t0 + Duration::from_secs(10), forget);
+        let gone = t.missing_standbys(&ids(&["s1"]), t0 + Duration::from_secs(10), forget);
         assert_eq!(gone.len(), 1);
         assert_eq!((gone[0].name.as_str(), gone[0].lag_seconds, gone[0].streaming), ("s2", None, false));
         assert!(gone[0].unknown.as_deref().is_some_and(|w| w.contains("disconnected 10s ago")), "{gone:?}");
@@ -1060,12 +1170,12 @@ mod tests {
             matches!(Gate::new(ThrottleSpec::default()).decide(&m), Decision::Wait { reason, .. } if reason.contains("disconnected"))
         );
         // Back again: nothing missing.
-        assert!(t.missing_standbys(&["s1".into(), "s2".into()], t0 + Duration::from_secs(20), forget).is_empty());
+        assert!(t.missing_standbys(&ids(&["s1", "s2"]), t0 + Duration::from_secs(20), forget).is_empty());
         // Gone for longer than forget_after: forgotten.
-        assert!(t.missing_standbys(&["s1".into()], t0 + Duration::from_secs(400), forget).is_empty());
+        assert!(t.missing_standbys(&ids(&["s1"]), t0 + Duration::from_secs(400), forget).is_empty());
         // Zero disables the memory.
         let mut t = Tracker::default();
-        assert!(t.missing_standbys(&["s1".into()], t0, Duration::ZERO).is_empty());
+        assert!(t.missing_standbys(&ids(&["s1"]), t0, Duration::ZERO).is_empty());
         assert!(t.missing_standbys(&[], t0 + Duration::from_millis(1), Duration::ZERO).is_empty());
     }
 
