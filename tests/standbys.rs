@@ -44,7 +44,7 @@ async fn a_daemon_started_while_a_known_standby_is_down_holds_jobs_until_it_is_f
 
     // A first daemon sees the standby (it streams from slot standby1), with no job to run.
     let empty = JobsDir::new();
-    let mut first = Daemon::start(&db.url, empty.path(), &[]);
+    let mut first = Daemon::start(&db.url, empty.path(), &["--allow-empty"]);
     wait_until(DEADLINE, "the standby to be remembered", || async {
         sqlx::query_scalar::<_, String>("SELECT id FROM pgbackfill.standbys")
             .fetch_all(&pool)
