@@ -350,28 +350,34 @@ pub struct BatchResult {
 /// How long a batch transaction may sit idle between its statements before the server ends it.
 pub const IDLE_IN_BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Open a batch transaction with the job's timeouts. `SET LOCAL` ends with the transaction, so
-/// nothing leaks into the pooled connection. lock_timeout matters most: without it an UPDATE
-/// queued behind a long lock makes every later query on those rows queue behind *us*.
+/// Open a batch transaction with the job's timeouts, in one round trip. `SET LOCAL` ends with the
+/// transaction, so nothing leaks into the pooled connection. lock_timeout matters most: without it
+/// an UPDATE queued behind a long lock makes every later query on those rows queue behind *us*.
+///
+/// `synchronous_commit = off`: COMMIT returns without waiting for the batch's WAL to reach disk (the
+/// WAL writer flushes it within a few hundred ms, while the next batch runs). Measured on the
+/// benchmark machine, that wait was about half the time of a 10,000-row batch (its ~7 MB of WAL).
+/// Exactly-once still holds: a batch and its cursor advance are one transaction, so a server crash
+/// can only lose the last few batches *together with* their cursor, and they are done again, once,
+/// when the job resumes. WAL is flushed in order, so once anything later commits durably (the
+/// job's completion, for one), every batch before it is durable too.
 pub async fn begin(
     pool: &sqlx::PgPool,
     lock_timeout: std::time::Duration,
     statement_timeout: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     // Integers only: SET takes no bind parameters, and nothing from the spec reaches this string.
     // idle_in_transaction_session_timeout: if this client hangs or vanishes mid-batch (a half-open
     // connection), the server ends the session and releases the row locks instead of holding them
     // for the hours a TCP keepalive can take.
-    let set = format!(
-        "SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; \
-         SET LOCAL idle_in_transaction_session_timeout = '{}ms'",
+    let begin = format!(
+        "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; \
+         SET LOCAL idle_in_transaction_session_timeout = '{}ms'; SET LOCAL synchronous_commit = off",
         lock_timeout.as_millis().max(1),
         statement_timeout.as_millis().max(1),
         IDLE_IN_BATCH_TIMEOUT.as_millis()
     );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(set)).execute(&mut *tx).await?;
-    Ok(tx)
+    pool.begin_with(sqlx::AssertSqlSafe(begin)).await
 }
 
 /// Run one batch over the slice after `cursor` (from the range start when `None`), up to `upper`.
