@@ -22,8 +22,33 @@ pub struct Report {
     /// Jobs that passed every check that ran.
     pub ok: Vec<CheckedJob>,
     pub problems: Vec<Problem>,
+    /// Not errors, but worth knowing before a run (a job that would do harm if run twice, a role
+    /// that cannot read replication lag). They do not change the exit code.
+    pub warnings: Vec<Warning>,
     /// Whether the database checks ran.
     pub online: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Warning {
+    /// The spec file, or none for a warning about the database or role.
+    pub file: Option<PathBuf>,
+    pub field: Option<String>,
+    pub message: String,
+    pub hint: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("warning: ")?;
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        write!(f, "{} (fix: {})", self.message, self.hint)
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -37,11 +62,19 @@ pub struct CheckedJob {
     pub notes: Vec<String>,
 }
 
-/// Check files/directories; with a pool, also against the database.
-pub async fn check(paths: &[PathBuf], pool: Option<&PgPool>) -> Result<Report, sqlx::Error> {
+/// Check files/directories; with a pool, also against the database and the progress table in
+/// `schema` (a job whose meaning changed since it was registered would be refused by the daemon).
+pub async fn check(paths: &[PathBuf], pool: Option<&PgPool>, schema: &str) -> Result<Report, sqlx::Error> {
     let loaded = spec::load_paths(paths);
     let mut problems = loaded.problems;
     let mut ok = Vec::new();
+    let mut warnings = Vec::new();
+    if let Some(pool) = pool {
+        warnings.extend(role_warnings(pool).await?);
+    }
+    for job in &loaded.jobs {
+        warnings.extend(rerun_warnings(&job.spec, &job.path));
+    }
     for job in loaded.jobs {
         let mut checked = CheckedJob {
             name: job.spec.name.clone(),
@@ -52,7 +85,7 @@ pub async fn check(paths: &[PathBuf], pool: Option<&PgPool>) -> Result<Report, s
             notes: Vec::new(),
         };
         if let Some(pool) = pool {
-            let found = check_online(pool, &job.spec, &mut checked).await?;
+            let found = check_online(pool, &job.spec, &mut checked, schema).await?;
             if !found.is_empty() {
                 problems.extend(found.into_iter().map(|f| {
                     let at = spec::locate_field(&job.path, &f.field);
@@ -63,30 +96,271 @@ pub async fn check(paths: &[PathBuf], pool: Option<&PgPool>) -> Result<Report, s
         }
         ok.push(checked);
     }
-    Ok(Report { valid: problems.is_empty(), ok, problems, online: pool.is_some() })
+    Ok(Report { valid: problems.is_empty(), ok, problems, warnings, online: pool.is_some() })
+}
+
+/// A role without `pg_monitor` (or `pg_read_all_stats`) sees replication lag as NULL: the throttle
+/// fails closed and every job would sit throttled.
+async fn role_warnings(pool: &PgPool) -> Result<Vec<Warning>, sqlx::Error> {
+    let (role, can_monitor): (String, bool) = sqlx::query_as(
+        "SELECT current_user::text, pg_has_role(current_user, 'pg_monitor', 'USAGE') \
+           OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') \
+           OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(if can_monitor {
+        Vec::new()
+    } else {
+        vec![Warning {
+            file: None,
+            field: None,
+            message: format!(
+                "role {} lacks pg_monitor: it cannot read replication lag, so the throttle fails closed and every \
+                 job would stay throttled",
+                crate::ident::quote_ident(&role)
+            ),
+            hint: format!("GRANT pg_monitor TO {}", crate::ident::quote_ident(&role)),
+        }]
+    })
+}
+
+/// A `set` that reads the column it writes (`n: n + 1`) changes the row again each time it runs;
+/// without a `where` that stops matching once a row is done, a reset (or a second job) applies it
+/// twice.
+fn rerun_warnings(spec: &JobSpec, file: &std::path::Path) -> Vec<Warning> {
+    if spec.where_.is_some() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (written, expr) in &spec.set {
+        let Ok(column) = crate::ident::parse_ident(written) else { continue };
+        if identifiers(expr).contains(&column) {
+            out.push(Warning {
+                file: Some(file.to_path_buf()),
+                field: Some(format!("set.{written}")),
+                message: format!(
+                    "`{expr}` reads the column it writes and no `where` guards it: the job is not idempotent, so \
+                     running it again (after `pgbackfill reset`, or as a copy under another name) changes rows twice"
+                ),
+                hint: format!(
+                    "add a `where` that only matches rows not done yet (e.g. `where: {} IS NULL` with a new column), \
+                     or make the expression not depend on the old value",
+                    crate::ident::quote_ident(&column)
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The identifiers an SQL expression mentions, as PostgreSQL reads them: unquoted names folded to
+/// lower case, quoted names exact; string literals (plain, `E''`, dollar-quoted) skipped.
+fn identifiers(sql: &str) -> Vec<String> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\'' {
+            // A string literal; `E'…'` allows backslash escapes.
+            let escapes = i > 0 && matches!(chars[i - 1], 'e' | 'E');
+            i += 1;
+            while i < chars.len() {
+                if escapes && chars[i] == '\\' {
+                    i += 2;
+                    continue;
+                }
+                if chars[i] == '\'' {
+                    if chars.get(i + 1) == Some(&'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == '$' && !chars.get(i.wrapping_sub(1)).is_some_and(|p| p.is_alphanumeric() || *p == '_') {
+            // `$tag$ … $tag$` (or a `$1` parameter, which the spec refuses anyway).
+            let start = i;
+            let mut j = i + 1;
+            while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
+                j += 1;
+            }
+            if chars.get(j) == Some(&'$') {
+                let tag: String = chars[start..=j].iter().collect();
+                let rest: String = chars[j + 1..].iter().collect();
+                i = match rest.find(&tag) {
+                    Some(end) => j + 1 + rest[..end].chars().count() + tag.chars().count(),
+                    None => chars.len(),
+                };
+            } else {
+                i = j;
+            }
+        } else if c == '"' {
+            let mut name = String::new();
+            i += 1;
+            while i < chars.len() {
+                if chars[i] == '"' {
+                    if chars.get(i + 1) == Some(&'"') {
+                        name.push('"');
+                        i += 2;
+                        continue;
+                    }
+                    break;
+                }
+                name.push(chars[i]);
+                i += 1;
+            }
+            i += 1;
+            out.push(name);
+        } else if c.is_alphabetic() || c == '_' {
+            let mut name = String::new();
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$') {
+                name.push(chars[i]);
+                i += 1;
+            }
+            // `E'…'`: the prefix of a string literal, not a name.
+            if !(name.eq_ignore_ascii_case("e") && chars.get(i) == Some(&'\'')) {
+                out.push(name.to_lowercase());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 async fn check_online(
     pool: &PgPool,
     spec: &JobSpec,
     out: &mut CheckedJob,
+    schema: &str,
 ) -> Result<Vec<catalog::Finding>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Read-only and short: check must never write nor wait long on a lock.
     sqlx::raw_sql("SET TRANSACTION READ ONLY; SET LOCAL lock_timeout = '5s'; SET LOCAL statement_timeout = '60s'")
         .execute(&mut *tx)
         .await?;
+    // Each expression on its own, so every bad one is reported, not only the first the batch
+    // statement trips on (and also when the catalog already found other problems).
+    let expressions = expression_findings(&mut tx, spec).await?;
     let resolved = match catalog::resolve(&mut tx, spec).await? {
         Ok(r) => r,
-        Err(findings) => return Ok(findings),
+        Err(mut findings) => {
+            let new: Vec<_> =
+                expressions.into_iter().filter(|e| !findings.iter().any(|f| f.field == e.field)).collect();
+            findings.extend(new);
+            return Ok(findings);
+        }
     };
     out.table = Some(resolved.target.table.quoted());
     out.key = Some(resolved.target.key.iter().map(|k| k.name.clone()).collect());
     out.key_index = Some(resolved.key_index.clone());
+    if !expressions.is_empty() {
+        return Ok(expressions);
+    }
+    if let Some(changed) = meaning_changed(&mut tx, spec, &resolved, schema).await? {
+        return Ok(vec![changed]);
+    }
     let mut findings = check_statements(&mut tx, &resolved, spec, out).await?;
     findings.extend(crate::steps::check_catalog(&mut tx, spec, &resolved).await?);
     tx.rollback().await?;
     Ok(findings)
+}
+
+/// Prepare `set` expressions and `where` one by one against the table (each in a savepoint: a failed
+/// prepare aborts the transaction), so a spec with several mistakes gets all of them at once.
+async fn expression_findings(
+    conn: &mut sqlx::PgConnection,
+    spec: &JobSpec,
+) -> Result<Vec<catalog::Finding>, sqlx::Error> {
+    use sqlx::{Executor, SqlSafeStr};
+    let Ok(table) = crate::ident::parse_qualified(&spec.table) else { return Ok(Vec::new()) };
+    let exists: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(table.quoted()).fetch_one(&mut *conn).await?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut probes: Vec<(String, String, &str)> = spec
+        .set
+        .iter()
+        .map(|(col, expr)| {
+            (
+                format!("set.{col}"),
+                format!("SELECT ({expr}) FROM {} LIMIT 0", table.quoted()),
+                "fix the SQL expression; it is evaluated for each updated row",
+            )
+        })
+        .collect();
+    if let Some(w) = &spec.where_ {
+        probes.push((
+            "where".into(),
+            format!("SELECT 1 FROM {} WHERE ({w}) LIMIT 0", table.quoted()),
+            "fix the SQL predicate",
+        ));
+    }
+    let mut findings = Vec::new();
+    for (field, sql, hint) in probes {
+        sqlx::raw_sql("SAVEPOINT pgbackfill_check").execute(&mut *conn).await?;
+        let prepared = conn.prepare(sqlx::AssertSqlSafe(sql).into_sql_str()).await.map(|_| ());
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT pgbackfill_check").execute(&mut *conn).await?;
+        match prepared {
+            Ok(()) => {}
+            Err(sqlx::Error::Database(db)) => findings.push(catalog::Finding {
+                field,
+                message: format!("does not prepare: {}", db.message()),
+                hint: hint.into(),
+            }),
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(findings)
+}
+
+/// The job is already in the progress table with another meaning: the daemon would refuse it.
+async fn meaning_changed(
+    conn: &mut sqlx::PgConnection,
+    spec: &JobSpec,
+    resolved: &Resolved,
+    schema: &str,
+) -> Result<Option<catalog::Finding>, sqlx::Error> {
+    let jobs = format!("{}.jobs", crate::ident::quote_ident(schema));
+    let exists: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass($1)::text").bind(&jobs).fetch_one(&mut *conn).await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    // Needs SELECT on the progress table; without it, this comparison is skipped, not an error.
+    sqlx::raw_sql("SAVEPOINT pgbackfill_meaning").execute(&mut *conn).await?;
+    let row: Result<Option<(String, serde_json::Value)>, sqlx::Error> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT fingerprint, meaning FROM {jobs} WHERE name = $1")))
+            .bind(&spec.name)
+            .fetch_optional(&mut *conn)
+            .await;
+    sqlx::raw_sql("ROLLBACK TO SAVEPOINT pgbackfill_meaning").execute(&mut *conn).await?;
+    let Ok(Some((fingerprint, was))) = row else { return Ok(None) };
+    if fingerprint == resolved.fingerprint {
+        return Ok(None);
+    }
+    let now = &resolved.meaning;
+    let field = ["table", "key", "set", "where"].into_iter().find(|f| was.get(f) != now.get(f)).unwrap_or("name");
+    let show = |v: Option<&serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "null".into());
+    Ok(Some(catalog::Finding {
+        field: field.into(),
+        message: format!(
+            "job `{}` is in the progress table with a different meaning ({field} was {}, now {}): a daemon \
+             will refuse it",
+            spec.name,
+            show(was.get(field)),
+            show(now.get(field))
+        ),
+        hint: format!(
+            "rename the job to start a new backfill, or run `pgbackfill reset {}` to start this one over",
+            spec.name
+        ),
+    }))
 }
 
 /// Prepare the batch statement and inspect its plan.
@@ -383,4 +657,18 @@ fn field_at(statement: &str, position: usize, spec: &JobSpec) -> Option<String> 
 /// PostgreSQL names the offending identifier in quotes (`column "x" does not exist`).
 fn mentions_identifier(msg: &str, expr: &str) -> bool {
     msg.split('"').skip(1).step_by(2).any(|ident| !ident.is_empty() && expr.contains(ident))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identifiers;
+
+    #[test]
+    fn identifiers_skip_literals_and_fold_case() {
+        assert_eq!(identifiers("N + 1"), vec!["n"]);
+        assert_eq!(identifiers("lower(\"Name\") || 'n' || E'\\'n' || $$ n $$"), vec!["lower", "Name"]);
+        assert_eq!(identifiers("coalesce(t.total, 0) * 1.1"), vec!["coalesce", "t", "total"]);
+        assert!(identifiers("'web'").is_empty());
+        assert_eq!(identifiers("$q$ x $q$ || y"), vec!["y"]);
+    }
 }

@@ -237,7 +237,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
-            let report = check::check(&paths, pool.as_ref()).await.context("checking against the database")?;
+            let report =
+                check::check(&paths, pool.as_ref(), &database.schema).await.context("checking against the database")?;
             if report.ok.is_empty() && report.problems.is_empty() && !allow_empty {
                 bail!("{}", no_specs(&paths));
             }
@@ -246,6 +247,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 for p in &report.problems {
                     println!("{p}");
+                }
+                for w in &report.warnings {
+                    println!("{w}");
                 }
                 for ok in &report.ok {
                     let mut line = format!("ok: {} ({})", ok.name, ok.file.display());

@@ -429,3 +429,62 @@ async fn connection_errors_are_immediate_and_name_the_target_not_the_password() 
     assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
     assert!(stopping.elapsed() < Duration::from_secs(3), "took {:?}", stopping.elapsed());
 }
+
+// ----- check: every problem, warnings, and the progress table -----
+
+#[tokio::test]
+async fn check_reports_every_problem_warns_and_compares_with_the_progress_table() {
+    let (db, pool) = database(TABLE).await;
+    let jobs = JobsDir::new();
+    // A bad `set` column and a bad `where`: both reported.
+    let bad = jobs.write("bad", "name: bad\ntable: t\nset:\n  nope: '1'\n  n: no_such_fn(n)\nwhere: missing_col = 1\n");
+    let out = cli(&db.url, &["check", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let o = stdout(&out);
+    assert!(o.contains("set.nope") && o.contains("\"nope\""), "the bad set column:\n{o}");
+    assert!(o.contains("where") && o.contains("missing_col"), "the bad where too:\n{o}");
+    assert!(o.contains("set.n") && o.contains("no_such_fn"), "the bad set expression too:\n{o}");
+    std::fs::remove_file(&bad).unwrap();
+
+    // `n: n + 1` without `where`: not idempotent, a warning (exit 0).
+    let twice = jobs.write("twice", "name: twice\ntable: t\nset:\n  n: n + 1\n");
+    let out = cli(&db.url, &["check", twice.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("warning: ") && stdout(&out).contains("reads the column it writes"),
+        "{}",
+        text(&out)
+    );
+    let out = common::daemon::cli_offline(&["check", twice.to_str().unwrap()]);
+    assert!(stdout(&out).contains("reads the column it writes"), "offline too: {}", text(&out));
+    let guarded = jobs.write("guarded", "name: guarded\ntable: t\nset:\n  n: n + 1\nwhere: n = 0\n");
+    let out = cli(&db.url, &["check", "--json", guarded.to_str().unwrap()]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["warnings"], serde_json::json!([]), "a where guards it: {v}");
+    std::fs::remove_file(&guarded).unwrap();
+
+    // A role without pg_monitor is warned.
+    let role = format!("{}_viewer", db.name);
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE ROLE {role} LOGIN; GRANT SELECT ON t TO {role}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = cli(&db.url.replacen("postgres@", &format!("{role}@"), 1), &["check", twice.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("lacks pg_monitor") && stdout(&out).contains(&format!("GRANT pg_monitor TO \"{role}\"")),
+        "{}",
+        text(&out)
+    );
+
+    // Run it, then change its meaning: check says the daemon would refuse it.
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
+    jobs.write("twice", "name: twice\ntable: t\nset:\n  n: n + 2\n");
+    let out = cli(&db.url, &["check", jobs.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("different meaning") && stdout(&out).contains("pgbackfill reset twice"),
+        "{}",
+        text(&out)
+    );
+}
