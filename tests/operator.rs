@@ -488,3 +488,23 @@ async fn check_reports_every_problem_warns_and_compares_with_the_progress_table(
         text(&out)
     );
 }
+
+// ----- a sensitive key is never shown -----
+
+#[tokio::test]
+async fn a_key_marked_sensitive_is_not_shown_by_status() {
+    let (db, _pool) = database(TABLE).await;
+    let jobs = JobsDir::new();
+    jobs.write("job", &format!("{}key_sensitive: true\n", slow("hidden")));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_json_state(&db.url, "hidden", "running", &daemon).await;
+    wait_until(REACT, "a first batch", || async { status_json(&db.url, "hidden")["batches"].as_i64() > Some(1) }).await;
+    let j = status_json(&db.url, "hidden");
+    assert!(j["key_position"].is_null() && j["key_sensitive"] == true, "{j}");
+    let text = status_text(&db.url, "hidden");
+    assert!(text.contains("key position hidden (key_sensitive)") && !text.contains("key at ("), "{text}");
+    let out = cli(&db.url, &["status", "--json"]);
+    assert!(!stdout(&out).contains("key_position\": ["), "{}", text_of(&out));
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
+}

@@ -54,6 +54,10 @@ pub struct JobSpec {
     /// Workers on disjoint key ranges of this job (1 to 64).
     #[serde(default = "default_concurrency")]
     pub concurrency: i64,
+    /// The key's values are sensitive (e-mail addresses, national ids …): `status` and `/status`
+    /// never show the key position. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_sensitive: bool,
     /// Low-traffic windows: outside them the job is held like a throttle. Default: any time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
