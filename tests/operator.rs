@@ -508,3 +508,68 @@ async fn a_key_marked_sensitive_is_not_shown_by_status() {
     daemon.terminate();
     assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
 }
+
+// ----- privileges: daemon, operator, viewer (README's grants, as they are) -----
+
+/// The SQL block README marks `<!-- roles.sql -->`.
+fn readme_roles_sql() -> String {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("<!-- roles.sql -->\n```sql\n").expect("README has the roles block")
+        + "<!-- roles.sql -->\n```sql\n".len();
+    let len = readme[start..].find("```").expect("the block ends");
+    readme[start..start + len].to_string()
+}
+
+#[tokio::test]
+async fn the_readme_roles_can_do_what_it_says_and_no_more() {
+    let (db, pool) = database(TABLE).await;
+    // The daemon's role, as deploy/sql/grants.sql makes it (here for table t).
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE ROLE pgbackfill LOGIN IN ROLE pg_monitor; GRANT CREATE ON DATABASE {} TO pgbackfill; \
+         GRANT SELECT, UPDATE ON t TO pgbackfill",
+        db.name
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let as_role = |role: &str| db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let jobs = JobsDir::new();
+    jobs.write("job", &slow("roles").replace("size: 10", "size: 1000"));
+    let mut daemon = Daemon::start(&as_role("pgbackfill"), jobs.path(), &["--exit-when-done"]);
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
+    sqlx::raw_sql(AssertSqlSafe(readme_roles_sql())).execute(&pool).await.expect("README's roles block");
+
+    // Viewer: status (text and JSON), nothing else; no CREATE anywhere, so status runs no DDL.
+    let viewer = as_role("pgbackfill_viewer");
+    let out = cli(&viewer, &["status"]);
+    assert!(out.status.success() && stdout(&out).contains("roles"), "{}", text(&out));
+    assert!(cli(&viewer, &["status", "--json", "roles"]).status.success());
+    let out = cli(&viewer, &["pause", "roles"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stderr(&out).contains("permission denied for table jobs"), "{}", text(&out));
+    assert!(!stderr(&out).contains("at line"), "{}", text(&out));
+    let out = cli(&viewer, &["reset", "--yes", "roles"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(common::daemon::job_state(&pool, "roles").await.as_deref(), Some("completed"));
+
+    // Operator: pause, resume, cancel, reset, forget.
+    let operator = as_role("pgbackfill_operator");
+    let out = cli(&operator, &["reset", "--yes", "roles"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut daemon = Daemon::start(&as_role("pgbackfill"), jobs.path(), &[]);
+    wait_state(&pool, "roles", "running", REACT, Some(&daemon)).await;
+    for (verb, state) in [("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")] {
+        let out = cli(&operator, &[verb, "roles"]);
+        assert!(out.status.success(), "{verb}: {}", text(&out));
+        assert!(stdout(&out).contains(state), "{verb}: {}", text(&out));
+    }
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
+    jobs.remove("job");
+    let out = cli(&operator, &["forget", "--yes", "roles"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(common::daemon::job_state(&pool, "roles").await, None);
+    // `migrate` on an up-to-date schema changes nothing, so it needs no privilege either.
+    let out = cli(&operator, &["migrate"]);
+    assert!(out.status.success() && stdout(&out).contains("up to date"), "{}", text(&out));
+}
