@@ -836,15 +836,19 @@ async fn try_measure(
         present.push((id, name.clone()));
         standbys.push(Standby { name, lag_seconds, lag_bytes: Some(lag_bytes), streaming, unknown });
     }
-    if let Some(memory) = &cfg.memory {
-        remember_standbys(memory, cfg.remember, tracker, &present, now).await;
-    }
-    standbys.extend(tracker.missing_standbys(&present, now, cfg.forget_standby_after));
     let slots: Vec<(String, bool, Option<i64>)> = sqlx::query_as(
         "SELECT slot_name::text, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots ORDER BY 1",
     )
     .fetch_all(&mut *conn)
     .await?;
+    if let Some(memory) = &cfg.memory {
+        remember_standbys(memory, cfg.remember, tracker, &present, now).await;
+    }
+    // A standby that streamed from a slot cannot come back as itself once the slot is gone
+    // (dropped when it was retired, or absent on a promoted standby, which does not inherit the
+    // old primary's slots): stop waiting for it.
+    tracker.seen.retain(|id, _| id.strip_prefix("slot:").is_none_or(|slot| slots.iter().any(|s| s.0 == slot)));
+    standbys.extend(tracker.missing_standbys(&present, now, cfg.forget_standby_after));
     let oldest_session: Option<(i32, String, Option<String>, f64)> = sqlx::query_as(
         "SELECT pid, coalesce(application_name, ''), state, extract(epoch FROM clock_timestamp() - xact_start)::float8 \
          FROM pg_stat_activity \
