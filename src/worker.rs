@@ -234,6 +234,14 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                     }
                     sizer.halve();
                 }
+                // Who held the lock we gave up on: the operator's next question.
+                let message = match kind {
+                    "lock_timeout" => match lock_holder(&ctx, &job).await {
+                        Some(session) => format!("{message}; blocked by {session}"),
+                        None => message,
+                    },
+                    _ => message,
+                };
                 let delay = backoff.next_delay();
                 tracing::warn!(job = %name, range = claim.range_no, error = %message, kind, attempt = backoff.attempts(),
                     retry_in_ms = delay.as_millis() as u64, next_size = sizer.size(), "batch failed, will retry");
@@ -358,6 +366,33 @@ struct Held {
     reason: String,
     signal: String,
     kind: ThrottleReason,
+}
+
+/// The session most likely behind a lock timeout on the job's table: the oldest transaction of
+/// another application holding a lock on it (a row lock taken by UPDATE or SELECT … FOR UPDATE
+/// comes with a table-level lock held to the end of its transaction). Best effort: `None` when it
+/// cannot be told (it committed meanwhile, or the role may not see other sessions' details).
+async fn lock_holder(ctx: &Context, job: &Job) -> Option<crate::throttle::Session> {
+    let row: Option<(i32, String, Option<String>, f64)> = sqlx::query_as(
+        "SELECT a.pid, coalesce(a.application_name, ''), a.state, \
+                extract(epoch FROM clock_timestamp() - a.xact_start)::float8 \
+         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'relation' AND l.relation = to_regclass($1) AND l.granted \
+           AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL \
+           AND coalesce(a.application_name, '') NOT LIKE 'pgbackfill %' \
+         ORDER BY a.xact_start LIMIT 1",
+    )
+    .bind(job.resolved.target.table.quoted())
+    .fetch_optional(&ctx.pool)
+    .await
+    .ok()
+    .flatten();
+    row.map(|(pid, application_name, state, age_seconds)| crate::throttle::Session {
+        pid,
+        application_name,
+        state,
+        age_seconds,
+    })
 }
 
 /// Wait until the gate lets a batch through. `None` on cancellation. After a batch was `held`, only

@@ -323,6 +323,8 @@ async fn a_row_lock_ahead_makes_batches_retry_on_lock_timeout_until_released() {
     .await;
     // Another session holds row 150 before the job starts: the job reaches it mid-way.
     let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("SET application_name = 'row-holder'").execute(&mut holder).await.unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut holder).await.unwrap();
     let mut tx = holder.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM t WHERE id = 150 FOR UPDATE").execute(&mut *tx).await.unwrap();
 
@@ -347,6 +349,9 @@ async fn a_row_lock_ahead_makes_batches_retry_on_lock_timeout_until_released() {
     assert_eq!(count(&pool, &format!("SELECT count(*) FROM t WHERE id <= {done} AND n = 1")).await, done);
     let shown = run_cli(&db.url, &["status", "locked"]);
     assert!(shown.contains("lock_timeout"), "status shows the retry cause:\n{shown}");
+    // ... and who holds the lock: pid, application, how long its transaction has been open.
+    assert!(shown.contains(&format!("blocked by pid {holder_pid}, application \"row-holder\"")), "{shown}");
+    assert!(shown.contains("idle in transaction, transaction open"), "{shown}");
 
     tx.rollback().await.unwrap();
     assert_eq!(exit_of(&mut daemon).code(), Some(0), "log:\n{}", daemon.log());
