@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, PgPool};
 
-use common::daemon::{Daemon, JobsDir, cli, wait_state};
+use common::daemon::{Daemon, JobsDir, cli, daemon_ticks, wait_state};
 use common::{dedicated_cluster, wait_until};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The daemon's lag poll interval in [`common::daemon::FAST`].
 const POLL: Duration = Duration::from_millis(200);
-/// How long a throttled job is watched to prove it does not write.
-const HOLD: Duration = Duration::from_secs(3);
+/// Rounds of daemon activity (two lag polls each) a throttled job is watched for, to prove it
+/// does not write.
+const HOLD_ROUNDS: usize = 6;
 
 /// `items(id, v, pad)` with `n` rows whose `v` the job fills.
 async fn make_table(pool: &PgPool, n: i64) {
@@ -97,16 +98,27 @@ async fn wait_throttled(pool: &PgPool, job: &str, needle: &str, daemon: &Daemon)
     }
 }
 
-/// Asserts the job commits at most one more batch (the one in flight) for [`HOLD`].
+/// Asserts the job stays held, by state rather than by a sleep: across several rounds of the
+/// daemon's own activity ([`daemon_ticks`]: each a lag poll the controller published, so each a
+/// fresh decision of the worker's gate), at most one more batch commits (the one in flight when
+/// the throttle began) and the progress table keeps a throttle reason.
 async fn assert_holds(pool: &PgPool, job: &str, at_throttle: Counters, daemon: &Daemon) -> Counters {
-    tokio::time::sleep(HOLD).await;
-    let now = counters(pool, job).await;
-    assert!(
-        now.batches <= at_throttle.batches + 1,
-        "throttled job kept writing: {at_throttle:?} when throttled, {now:?} {HOLD:?} later; log:\n{}",
-        daemon.log()
-    );
-    assert!(throttle_reason(pool, job).await.is_some(), "throttle lifted while it should hold; log:\n{}", daemon.log());
+    let mut now = counters(pool, job).await;
+    for round in 0..HOLD_ROUNDS {
+        daemon_ticks(pool, 2, DEADLINE).await;
+        now = counters(pool, job).await;
+        assert!(
+            now.batches <= at_throttle.batches + 1,
+            "throttled job kept writing: {at_throttle:?} when throttled, {now:?} after {} rounds; log:\n{}",
+            round + 1,
+            daemon.log()
+        );
+        assert!(
+            throttle_reason(pool, job).await.is_some(),
+            "throttle lifted while it should hold; log:\n{}",
+            daemon.log()
+        );
+    }
     now
 }
 
@@ -287,7 +299,7 @@ async fn role_without_pg_monitor_fails_closed_with_the_grant_hint() {
 
     let (reason, at_throttle) = wait_throttled(&pool, "nopriv", "GRANT pg_monitor", &daemon).await;
     assert!(reason.contains("backfiller"), "the hint names the role: {reason}");
-    tokio::time::sleep(HOLD).await;
+    assert_holds(&pool, "nopriv", at_throttle, &daemon).await;
     assert_eq!(at_throttle, Counters { batches: 0, rows_updated: 0 });
     assert_eq!(counters(&pool, "nopriv").await, Counters { batches: 0, rows_updated: 0 });
     assert_eq!(unfilled(&pool).await, 2_000, "nothing may be written without a lag measurement");

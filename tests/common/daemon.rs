@@ -161,3 +161,34 @@ pub async fn wait_state(pool: &PgPool, name: &str, state: &str, deadline: Durati
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until the daemons on this database have been active `n` more times: each time, a later
+/// `state_change` of one of their sessions (`application_name` `pgbackfill …`) in
+/// `pg_stat_activity`. The lag controller ends a transaction every poll, so this is evidence that
+/// time passed *for the daemon* (several polls, gate decisions and scans), where a sleep would only
+/// show that time passed for the test: a daemon that is merely slow does not satisfy it.
+pub async fn daemon_ticks(pool: &PgPool, n: usize, deadline: Duration) {
+    let last = || async {
+        sqlx::query_scalar::<_, Option<chrono::DateTime<chrono::Utc>>>(
+            "SELECT max(state_change) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name LIKE 'pgbackfill %'",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()
+        .flatten()
+    };
+    let start = Instant::now();
+    let mut seen = last().await;
+    for _ in 0..n {
+        loop {
+            let now = last().await;
+            if now.is_some() && now > seen {
+                seen = now;
+                break;
+            }
+            assert!(start.elapsed() < deadline, "no daemon activity on this database within {deadline:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
