@@ -417,3 +417,44 @@ async fn check_validates_then_against_the_catalog() {
     );
     assert!(line.contains(&format!(r#"GRANT "postgres" TO "{role}""#)) && line.contains("OWNER TO"), "{line}");
 }
+
+#[tokio::test]
+async fn then_steps_run_only_inside_the_schedule_windows() {
+    // The window is open now and closes at the next minute boundary at least 25 s away. The job
+    // completes inside it; session A's lock keeps the first step retrying until the window closes.
+    let (db, pool) = database(TABLE).await;
+    let mut a = reader_holding_t(&db.url).await;
+    let now = Utc::now();
+    let mut closes: DateTime<Utc> =
+        now.duration_trunc(chrono::Duration::minutes(1)).unwrap() + chrono::Duration::minutes(1);
+    if closes - now < chrono::Duration::seconds(25) {
+        closes += chrono::Duration::minutes(1);
+    }
+    let opened = closes - chrono::Duration::minutes(10);
+    let window = format!("{:02}:{:02}-{:02}:{:02}", opened.hour(), opened.minute(), closes.hour(), closes.minute());
+    let jobs = JobsDir::new();
+    jobs.write("win", &then_spec("win", "  - not_null: c\n", &format!("schedule:\n  windows: [\"{window}\"]\n")));
+    let daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_state(&pool, "win", "completed", DEADLINE, Some(&daemon)).await;
+    wait_steps(&pool, "win", DEADLINE, &daemon, "add_check retrying", |s| s.first().is_some_and(|r| r.2 >= 1)).await;
+    assert!(Utc::now() < closes, "the test machine is too slow for this window");
+
+    // Once the window has closed, A lets go: only the schedule now stands between the step and its lock.
+    while Utc::now() < closes {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::raw_sql("COMMIT").execute(&mut a).await.expect("COMMIT");
+    wait_steps(&pool, "win", DEADLINE, &daemon, "held by the schedule", |s| {
+        s.first().is_some_and(|r| r.3.as_deref().is_some_and(|d| d.contains("outside its schedule windows")))
+    })
+    .await;
+    let attempts = steps(&pool, "win").await[0].2;
+    for _ in 0..30 {
+        let s = steps(&pool, "win").await;
+        assert_eq!((s[0].1.as_str(), s[0].2), ("waiting", attempts), "a step ran outside the window: {s:#?}");
+        assert_eq!(not_null_and_helpers(&pool, "c").await, (false, 0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = status_text(&db.url);
+    assert!(text.contains("held: outside its schedule windows"), "{text}");
+}

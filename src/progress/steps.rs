@@ -114,16 +114,21 @@ impl Progress {
         Ok(rows)
     }
 
-    /// Steps of one job, or of all jobs, in order.
+    /// Steps of one job, or of all jobs, in order. None before the schema has the steps table (a
+    /// `status` of the new version against a schema an older daemon migrated).
     pub async fn steps(&self, job: Option<&str>) -> Result<Vec<StepRow>, ProgressError> {
-        let rows: Vec<Row> = sqlx::query_as(self.sql(
+        let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(self.sql(
             "SELECT job, step, step_no, state, attempts, detail, started_at, finished_at FROM {schema}.steps \
              WHERE $1::text IS NULL OR job = $1 ORDER BY job, step_no",
         ))
         .bind(job)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(row).collect())
+        .await;
+        match rows {
+            Ok(rows) => Ok(rows.into_iter().map(row).collect()),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Move a step that is not done to `state` with `detail`; `attempt` counts one more DDL attempt.
