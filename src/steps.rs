@@ -32,8 +32,9 @@ use crate::ident::{MAX_IDENT_BYTES, QualifiedName, parse_ident, quote_ident};
 use crate::metrics as m;
 use crate::progress::{JobRow, StepRow, StepState};
 use crate::retry::Backoff;
+use crate::schedule::Schedule;
 use crate::spec::{JobSpec, ThenStep};
-use crate::throttle::{Decision, Gate};
+use crate::throttle::{Decision, Gate, Measurement};
 use crate::worker::{Context, Job, sleep_or_cancel};
 
 /// One DDL step (a `not_null` is four of them).
@@ -330,13 +331,18 @@ pub fn declare(spec: &JobSpec) {
     }
 }
 
-/// Why the job's steps may not run now (schedule window, throttle); `None`: go.
-fn held(job: &Job, gate: &mut Gate, ctx: &Context) -> Option<String> {
-    if let Some(closed) = job.schedule.as_ref().and_then(|s| s.closed(chrono::Utc::now())) {
+/// Why the job's steps may not run at `now` (outside the schedule's windows, or the throttle
+/// holds); `None`: go.
+fn held(
+    schedule: Option<&Schedule>,
+    gate: &mut Gate,
+    measurement: &Measurement,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<String> {
+    if let Some(closed) = schedule.and_then(|s| s.closed(now)) {
         return Some(format!("held: {}", closed.reason));
     }
-    let measurement = ctx.measurements.borrow().clone();
-    match gate.decide(&measurement) {
+    match gate.decide(measurement) {
         Decision::Go { .. } => None,
         Decision::Wait { reason, .. } => Some(format!("held by the throttle: {reason}")),
     }
@@ -392,7 +398,8 @@ async fn run_locked(ctx: &Context, job: &Job, conn: &mut PgConnection, cancel: &
             if cancel.is_cancelled() {
                 return;
             }
-            if let Some(why) = held(job, &mut gate, ctx) {
+            let measurement = ctx.measurements.borrow().clone();
+            if let Some(why) = held(job.schedule.as_ref(), &mut gate, &measurement, chrono::Utc::now()) {
                 // The reason's numbers change every poll: write on a new kind of hold or every 5 s.
                 let kind = why.split(':').next().unwrap_or("").to_string();
                 let stale = noted.as_ref().is_none_or(|(k, at)| *k != kind || at.elapsed() >= Duration::from_secs(5));
@@ -667,6 +674,24 @@ mod tests {
         );
         // Unquoted names fold to lower case, as in psql.
         assert_eq!(plan(&[ThenStep::NotNull("Channel".into())])[0].label(), "not_null(channel):add_check");
+    }
+
+    #[test]
+    fn steps_wait_outside_the_windows_and_while_the_throttle_holds() {
+        use crate::spec::{ScheduleSpec, ThrottleSpec};
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+        let schedule =
+            Schedule::from_spec(&ScheduleSpec { timezone: "UTC".into(), windows: vec!["01:00-06:00".into()] });
+        let mut gate = Gate::new(ThrottleSpec::default());
+        let caught_up = Measurement { error: None, ..Measurement::unknown() };
+        let unknown = Measurement::unknown();
+
+        let outside = held(Some(&schedule), &mut gate, &caught_up, at("2026-12-02T07:00:00Z")).unwrap();
+        assert!(outside.starts_with("held: outside its schedule windows") && outside.contains("2026-12-03 01:00"));
+        let throttled = held(Some(&schedule), &mut gate, &unknown, at("2026-12-02T02:00:00Z")).unwrap();
+        assert!(throttled.starts_with("held by the throttle: lag unknown"), "{throttled}");
+        assert_eq!(held(Some(&schedule), &mut gate, &caught_up, at("2026-12-02T02:00:00Z")), None);
+        assert_eq!(held(None, &mut Gate::new(ThrottleSpec::default()), &caught_up, at("2026-12-02T07:00:00Z")), None);
     }
 
     #[test]
