@@ -439,15 +439,15 @@ async fn then_steps_run_only_inside_the_schedule_windows() {
     wait_steps(&pool, "win", DEADLINE, &daemon, "add_check retrying", |s| s.first().is_some_and(|r| r.2 >= 1)).await;
     assert!(Utc::now() < closes, "the test machine is too slow for this window");
 
-    // Once the window has closed, A lets go: only the schedule now stands between the step and its lock.
-    while Utc::now() < closes {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    sqlx::raw_sql("COMMIT").execute(&mut a).await.expect("COMMIT");
+    // The window closes while A still holds its lock: the step's next try finds the window closed.
+    // (A try that started inside the window may wait out its lock timeout, like a batch in flight.)
     wait_steps(&pool, "win", DEADLINE, &daemon, "held by the schedule", |s| {
         s.first().is_some_and(|r| r.3.as_deref().is_some_and(|d| d.contains("outside its schedule windows")))
     })
     .await;
+    assert!(Utc::now() >= closes);
+    // A lets go: only the schedule now stands between the step and its lock.
+    sqlx::raw_sql("COMMIT").execute(&mut a).await.expect("COMMIT");
     let attempts = steps(&pool, "win").await[0].2;
     for _ in 0..30 {
         let s = steps(&pool, "win").await;
