@@ -441,7 +441,9 @@ async fn then_steps_run_only_inside_the_schedule_windows() {
 
     // The window closes while A still holds its lock: the step's next try finds the window closed.
     // (A try that started inside the window may wait out its lock timeout, like a batch in flight.)
-    wait_steps(&pool, "win", DEADLINE, &daemon, "held by the schedule", |s| {
+    // Retries back off up to 30 s, so the hold shows within that (and a lock timeout) of the close.
+    let until_closed = (closes - Utc::now()).to_std().unwrap_or_default();
+    wait_steps(&pool, "win", until_closed + Duration::from_secs(60), &daemon, "held by the schedule", |s| {
         s.first().is_some_and(|r| r.3.as_deref().is_some_and(|d| d.contains("outside its schedule windows")))
     })
     .await;
