@@ -213,7 +213,10 @@ async fn demo(
         "verify: {remaining} rows still match `{WHERE}` (pgbackfill's own check: {}); channels: {}",
         match status.verified {
             Some(true) => "verified".to_string(),
-            _ => format!("{:?} rows left", status.leftover_rows),
+            _ => match status.leftover_rows {
+                Some(n) => format!("{n} rows left"),
+                None => "not verified".to_string(),
+            },
         },
         channels.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", ")
     ));

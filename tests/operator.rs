@@ -573,3 +573,45 @@ async fn the_readme_roles_can_do_what_it_says_and_no_more() {
     let out = cli(&operator, &["migrate"]);
     assert!(out.status.success() && stdout(&out).contains("up to date"), "{}", text(&out));
 }
+
+// ----- reset on a terminal asks for the job's name -----
+
+/// Runs `pgbackfill ARGS` under `script`, which gives it a pseudo-terminal, typing `input`.
+fn on_a_terminal(url: &str, args: &str, input: &str) -> Option<Output> {
+    use std::process::{Command, Stdio};
+    let command = format!("{} {args}", common::daemon::bin().display());
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("DATABASE_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(input.as_bytes()).ok()?;
+    child.wait_with_output().ok()
+}
+
+#[tokio::test]
+async fn reset_on_a_terminal_goes_ahead_only_when_the_name_is_typed() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: util-linux `script` (a pseudo-terminal) is not installed");
+        return;
+    }
+    let (db, pool) = database(TABLE).await;
+    let jobs = JobsDir::new();
+    jobs.write("job", &slow("asked").replace("size: 10", "size: 1000"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
+
+    let out = on_a_terminal(&db.url, "reset asked", "nope\n").expect("script runs");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stdout(&out).contains("Type the job's name to confirm"), "{}", text(&out));
+    assert!(stdout(&out).contains("not confirmed: nothing changed"), "{}", text(&out));
+    assert_eq!(common::daemon::job_state(&pool, "asked").await.as_deref(), Some("completed"));
+
+    let out = on_a_terminal(&db.url, "reset asked", "asked\n").expect("script runs");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("progress forgotten"), "{}", text(&out));
+    assert_eq!(common::daemon::job_state(&pool, "asked").await, None);
+}
