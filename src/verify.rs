@@ -33,6 +33,11 @@ enum Chunk {
     NotRunning,
 }
 
+/// How long a verification chunk may hold its snapshot (no row locks).
+const VERIFY_CHUNK_TIME: Duration = Duration::from_millis(500);
+/// The largest verification chunk.
+const VERIFY_MAX_CHUNK: i64 = 1_000_000;
+
 /// Verify a job whose ranges are all done.
 pub async fn run(ctx: &Context, job: &Job, cancel: &CancellationToken) -> Result<Verified, String> {
     if job.spec.where_.is_none() {
@@ -42,7 +47,10 @@ pub async fn run(ctx: &Context, job: &Job, cancel: &CancellationToken) -> Result
     let Some(upper) = ranges.last().map(|r| r.upper_bound.clone()) else { return Ok(Verified::Done(Some(0))) };
     let b = &job.spec.batch;
     let t = &job.spec.timeouts;
-    let mut sizer = Sizer::new(b.size, b.min_size, b.max_size, b.target_time);
+    // Chunks start at the batch size and are then sized by time: counting a row costs a fraction of
+    // updating it and holds no row lock, so batch-sized chunks spent most of their time in the
+    // per-chunk transaction (measured: verification was ~20% of a 10k-row-batch job end to end).
+    let mut sizer = Sizer::new(b.size, b.min_size, b.max_size.max(VERIFY_MAX_CHUNK), Some(VERIFY_CHUNK_TIME));
     let mut gate = GateKeeper::new(ctx, job);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
     loop {
