@@ -11,7 +11,8 @@
 //! Environment: `BENCH_ROWS` (throughput and application-impact tables, default 1,000,000),
 //! `BENCH_REPS` (repetitions of the throughput table, default 3), `BENCH_FLAT_ROWS` (flatness,
 //! default 10,000,000), `BENCH_ONLY` (comma-separated: throughput, app, throttle, flat, footprint),
-//! `BENCH_OUT` (where the SVG charts go, default `benchmarks/`).
+//! `BENCH_OUT` (where the SVG charts go, default `benchmarks/`), `BENCH_LOG_DIR` (keep each
+//! pgbackfill run's log there).
 //!
 //! Method: every run gets a fresh copy of one template table (same physical order, vacuumed and
 //! analyzed, checkpoint before), variants are alternated (the order rotates per repetition) and
@@ -230,6 +231,10 @@ impl Daemon {
         let secs = start.elapsed().as_secs_f64();
         let log = std::fs::read_to_string(&d.log).unwrap_or_default();
         assert!(status.success(), "pgbackfill failed:\n{log}");
+        if let Ok(dir) = std::env::var("BENCH_LOG_DIR") {
+            let name = jobs.first().map_or("daemon", |j| j.0);
+            let _ = std::fs::write(Path::new(&dir).join(format!("{name}.log")), &log);
+        }
         Finished { secs, peak_rss_kib: peak, batches: batches_from_log(&log) }
     }
 
@@ -723,18 +728,23 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
          that started while the method ran.\n"
     );
     println!(
-        "| method | backfill rows/s | SELECT p50 | SELECT p99 | SELECT max | UPDATE p50 | UPDATE p99 | UPDATE max | p99 vs alone |"
+        "| method | backfill rows/s | vs its speed without load | SELECT p50 | SELECT p99 | SELECT max | UPDATE p50 | UPDATE p99 | UPDATE max | p99 vs alone |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let alone_p99 = pct(&[table[0].2.by_script[0].clone(), table[0].2.by_script[1].clone()].concat(), 0.99);
     let mut chart = Vec::new();
     for ((label, rps, lat, covered), short) in table.iter().zip(&shorts) {
         let all = [lat.by_script[0].clone(), lat.by_script[1].clone()].concat();
         let (s, u) = (&lat.by_script[0], &lat.by_script[1]);
+        let unloaded = durations.get(label).map(|secs| rows as f64 / secs);
         println!(
-            "| {label}{} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1}× |",
+            "| {label}{} | {} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1}× |",
             if *covered { "" } else { " (load ended first)" },
             rps.map_or("–".into(), |r| format!("{r:.0}")),
+            match (rps, unloaded) {
+                (Some(r), Some(u)) => format!("{:.0}%", r / u * 100.0),
+                _ => "–".into(),
+            },
             pct(s, 0.5),
             pct(s, 0.99),
             pct(s, 1.0),
