@@ -84,8 +84,8 @@ struct Supervisor {
     declared: HashSet<String>,
     /// `then` steps of completed jobs.
     steps: crate::steps::Runner,
-    /// Refusals recorded in the progress table by this daemon, by job name (reason).
-    refused: HashMap<String, String>,
+    /// Refusals recorded in the progress table by this daemon, by job name: (reason, spec file).
+    refused: HashMap<String, (String, String)>,
     /// Jobs accepted since start-up: any earlier refusal of theirs has been cleared.
     accepted: HashSet<String>,
 }
@@ -228,6 +228,23 @@ impl Supervisor {
             }
         }
         DaemonMetrics::get().jobs_refused.set(refused as f64);
+        // A refused job whose spec file was removed is no longer wanted: drop the refusal this daemon
+        // recorded, so `status` stops showing it (a file that merely fails to parse keeps it).
+        let gone: Vec<String> = self
+            .refused
+            .iter()
+            .filter(|(_, (_, file))| !std::path::Path::new(file).exists())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            match self.ctx.progress.clear_refusal(&name).await {
+                Ok(()) => {
+                    self.refused.remove(&name);
+                    tracing::info!(job = %name, "spec file removed: refusal cleared");
+                }
+                Err(e) => tracing::warn!(job = %name, error = %e, "could not clear a refusal; will retry"),
+            }
+        }
         // Done when nothing is left that could still make progress.
         if !self.cfg.exit_when_done || self.cancel.is_cancelled() || open > 0 || !self.tasks.is_empty() {
             return None;
@@ -262,12 +279,12 @@ impl Supervisor {
     async fn record_refusal(&mut self, name: &str, file: &str, reason: &str) {
         publish_state(name, JobState::Refused);
         self.accepted.remove(name);
-        if self.refused.get(name).map(String::as_str) == Some(reason) {
+        if self.refused.get(name).map(|(r, _)| r.as_str()) == Some(reason) {
             return;
         }
         match self.ctx.progress.refuse(name, file, reason, &self.cfg.owner).await {
             Ok(()) => {
-                self.refused.insert(name.to_string(), reason.to_string());
+                self.refused.insert(name.to_string(), (reason.to_string(), file.to_string()));
             }
             Err(e) => tracing::warn!(job = %name, error = %e, "could not record the refusal; will retry"),
         }

@@ -195,6 +195,15 @@ async fn a_refused_job_is_shown_counted_and_fails_exit_when_done() {
         assert_eq!(state(s), Some(0.0), "every state label is declared: {s}\n{body}");
     }
 
+    // A refused spec whose file is removed is no longer shown.
+    jobs.write("gone", "name: gone\ntable: no_such_table\nset:\n  n: '1'\n");
+    wait_json_state(&db.url, "gone", "refused", &daemon).await;
+    jobs.remove("gone");
+    wait_until(REACT, "the refusal of a removed spec to be cleared", || async {
+        cli(&db.url, &["status", "gone"]).status.code() == Some(2)
+    })
+    .await;
+
     // Granting the privilege clears the refusal: the job runs and completes.
     sqlx::query(AssertSqlSafe(format!("GRANT UPDATE ON t TO {role}"))).execute(&pool).await.unwrap();
     wait_state(&pool, "nogrant", "completed", DEADLINE, Some(&daemon)).await;
