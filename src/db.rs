@@ -297,7 +297,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// pool retrying until [`ACQUIRE_TIMEOUT`] and reporting only that it timed out. The session pins
 /// are checked too ([`pin_session`]).
 pub async fn check_connection(pool: &PgPool, url: &str) -> Result<(), ConnectError> {
-    let target = target(url);
+    check_target(pool, target(url)).await
+}
+
+/// [`check_connection`] with the target taken from the pool's own options: for the daemon, whose
+/// URL may have been re-read since (SIGHUP).
+pub async fn check_pool(pool: &PgPool) -> Result<(), ConnectError> {
+    check_target(pool, describe_target(&pool.connect_options())).await
+}
+
+async fn check_target(pool: &PgPool, target: String) -> Result<(), ConnectError> {
     let err = match tokio::time::timeout(CONNECT_TIMEOUT, pool.connect_options().connect()).await {
         Ok(Ok(mut conn)) => {
             let pinned = pin_session(&mut conn).await;

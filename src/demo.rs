@@ -22,6 +22,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::{AssertSqlSafe, Connection};
 use tokio_util::sync::CancellationToken;
 
+use crate::control;
 use crate::db;
 use crate::localpg::{self, LocalPgError};
 use crate::progress::{Progress, ProgressError, State};
@@ -173,11 +174,14 @@ async fn demo(
         scan_interval: Duration::from_millis(250),
         exit_when_done: true,
         heartbeat: Default::default(),
+        shutdown_timeout: supervisor::DEFAULT_SHUTDOWN_TIMEOUT,
+        url_file: None,
     };
     say(&format!("running the job (setup took {:.1}s) …", started.elapsed().as_secs_f64()));
     let job_started = Instant::now();
     let mut daemon =
-        tokio::spawn(supervisor::run(cfg, pool.clone(), progress.clone(), measurements, job_cancel.clone()));
+        // No operator commands here: Ctrl-C reaches the demo as `cancel` (see main).
+        tokio::spawn(supervisor::run(cfg, pool.clone(), progress.clone(), measurements, control::channel().1, job_cancel.clone()));
 
     let driven = drive(cluster, &pool, opts, &progress, &mut daemon, cancel, job_started).await;
     // Whatever happened, stop the engine and let it drain before the cluster goes away.
@@ -186,7 +190,7 @@ async fn demo(
     let throttled_for = driven?;
     match outcome {
         Some(Outcome::AllCompleted) => {}
-        Some(Outcome::Shutdown) | None => return Err(DemoError::Interrupted),
+        Some(Outcome::Shutdown | Outcome::Interrupted) | None => return Err(DemoError::Interrupted),
         Some(Outcome::NotAllCompleted { failed }) => {
             return Err(DemoError::Failed(format!("the job ended without completing: {}", failed.join(", "))));
         }

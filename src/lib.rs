@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod catalog;
 pub mod check;
+pub mod control;
 pub mod db;
 pub mod demo;
 pub mod error;

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use futures::StreamExt;
-use signal_hook::consts::{SIGINT, SIGTERM};
 use tokio_util::sync::CancellationToken;
 
+use pgbackfill::control::{self, Command as Control};
 use pgbackfill::demo::{self, DemoError, DemoOptions};
 use pgbackfill::health::Liveness;
 use pgbackfill::progress::{Action, Progress};
@@ -51,6 +50,11 @@ impl Database {
             return Ok(Some(text.trim().to_string()));
         }
         Ok(None)
+    }
+
+    /// The file SIGHUP re-reads: only when the URL comes from it.
+    fn reloadable_file(&self) -> Option<PathBuf> {
+        if self.database_url.is_some() { None } else { self.database_url_file.clone() }
     }
 
     fn require_url(&self) -> anyhow::Result<String> {
@@ -182,6 +186,11 @@ struct RunArgs {
     /// How often the jobs directory and progress table are rescanned.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     scan_interval: Duration,
+    /// On SIGTERM/SIGINT: the time to drain (batches in flight commit; one still running near the
+    /// end is cancelled on the server and rolls back) before exiting 0. Keep it under the
+    /// orchestrator's grace period (Kubernetes: 30s).
+    #[arg(long, env = "PGBACKFILL_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
     /// Address (HOST:PORT) for /metrics, /healthz, /readyz and /status; empty to disable. A port
     /// that cannot be bound is a fatal error.
     #[arg(long, env = "PGBACKFILL_METRICS_ADDR", default_value = "0.0.0.0:8590")]
@@ -201,13 +210,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", pgbackfill::error::report(&e));
             ExitCode::from(2)
         }
-    }
+    };
+    // Tasks still waiting on an unreachable database must not hold up the exit.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 fn init_logging(format: &str, default_filter: &str) {
@@ -319,8 +331,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run(args).await,
         Command::Demo { rows, keep } => {
+            // Ctrl-C (or SIGTERM) ends the demo cleanly; a second one exits at once.
             let cancel = CancellationToken::new();
-            spawn_signal_handler(cancel.clone())?;
+            let _signals = cancel_on_signal(cancel.clone())?;
             let metrics = http::install_recorder()?;
             match demo::run(DemoOptions { rows, keep }, metrics, cancel).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
@@ -339,7 +352,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 async fn watch_status(pool: &sqlx::PgPool, progress: &Progress, name: Option<&str>) -> anyhow::Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone())?;
+    let _signals = cancel_on_signal(cancel.clone())?;
     let terminal = std::io::stdout().is_terminal();
     loop {
         let body = match status::report(pool, progress, name).await {
@@ -359,6 +372,23 @@ async fn watch_status(pool: &sqlx::PgPool, progress: &Progress, name: Option<&st
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// For the commands that are not the daemon (demo, `status --watch`): SIGTERM/SIGINT cancel
+/// `cancel`, a second one exits at once (130); the other signals are ignored.
+fn cancel_on_signal(cancel: CancellationToken) -> anyhow::Result<control::Listener> {
+    let (commands, mut received) = control::channel();
+    let listener = control::listen(commands).context("installing signal handlers")?;
+    tokio::spawn(async move {
+        while let Some(command) = received.recv().await {
+            match command {
+                Control::Drain => cancel.cancel(),
+                Control::Exit => std::process::exit(130),
+                Control::Pause | Control::Resume | Control::Reload => {}
+            }
+        }
+    });
+    Ok(listener)
 }
 
 /// Connect for a CLI command, without touching the progress schema.
@@ -446,16 +476,20 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         addr => Some(http::bind(addr).await?),
     };
     let cancel = CancellationToken::new();
-    spawn_signal_handler(cancel.clone())?;
+    // Signals become commands for the supervisor (pause, resume, reload, drain, exit).
+    let (commands, received) = control::channel();
+    let _signals = control::listen(commands).context("installing signal handlers")?;
     let metrics = http::install_recorder()?;
     let liveness = Liveness::default();
     let url = args.db.require_url()?;
     let owner = owner_id();
     tracing::info!(database = %db::target(&url), owner = %owner, jobs = %args.jobs.display(), "pgbackfill starting");
     let max_connections = args.max_connections.max(5);
-    let pool = db::pool(&url, &format!("pgbackfill {owner}"), max_connections)
+    let pool = db::pool(&url, &format!("{APPLICATION_PREFIX}{owner}"), max_connections)
         .await
         .with_context(|| format!("connecting to {}", db::redact_url(&url)))?;
+    // The supervisor prepares the progress table, retrying while the database comes up (sidecar
+    // start order) and still answering signals meanwhile.
     let progress = Progress::new(pool.clone(), &args.db.schema);
     if let Some(listener) = listener {
         let state =
@@ -466,30 +500,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 tracing::error!(error = %e, "the HTTP endpoint failed: /healthz, /readyz, /status and /metrics are gone");
             }
         });
-    }
-    // Start-up retries: the database may still be coming up next to us (sidecar start order).
-    // Each attempt connects directly first, so an unreachable database is reported at once with
-    // its cause ("connection refused" on host:port), and a shutdown request ends the wait.
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let attempt = async {
-            db::check_connection(&pool, &url).await.map_err(|e| pgbackfill::error::chain(&e))?;
-            progress.migrate().await.map_err(|e| pgbackfill::error::chain(&e))
-        };
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return Ok(ExitCode::SUCCESS),
-            r = attempt => r,
-        };
-        match result {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot prepare the progress table yet; retrying");
-                if pgbackfill::worker::sleep_or_cancel(delay, &cancel).await {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                delay = (delay * 2).min(Duration::from_secs(30));
-            }
-        }
     }
     let measurements = throttle::spawn_controller(
         pool.clone(),
@@ -521,8 +531,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // One job's step may wait on the pool twice (acquire timeout each) while the database is
         // down: slow, not wedged.
         heartbeat: liveness.watch("supervisor", args.scan_interval, db::ACQUIRE_TIMEOUT * 2),
+        shutdown_timeout: args.shutdown_timeout,
+        url_file: args.db.reloadable_file(),
     };
-    let outcome = supervisor::run(cfg, pool, progress, measurements, cancel.clone()).await;
+    let outcome = supervisor::run(cfg, pool, progress, measurements, received, cancel.clone()).await;
     cancel.cancel();
     Ok(match outcome {
         Outcome::Shutdown => {
@@ -537,24 +549,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             tracing::error!(jobs = %failed.join(", "), "every job ended, not all completed");
             ExitCode::from(1)
         }
+        Outcome::Interrupted => ExitCode::from(130),
     })
-}
-
-/// SIGTERM/SIGINT: stop taking batches, let the ones in flight commit, release ranges, exit.
-fn spawn_signal_handler(cancel: CancellationToken) -> anyhow::Result<()> {
-    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    tokio::spawn(async move {
-        if let Some(sig) = signals.next().await {
-            tracing::info!(signal = sig, "shutdown requested: finishing batches in flight");
-            cancel.cancel();
-        }
-        // A second signal while draining: the operator means it.
-        if signals.next().await.is_some() {
-            tracing::warn!("second signal: exiting now (progress is safe: batches are transactional)");
-            std::process::exit(130);
-        }
-    });
-    Ok(())
 }
 
 /// Unique per process, readable in `status`: the pod name (HOSTNAME in Kubernetes) and pid.
@@ -566,5 +562,17 @@ fn owner_id() -> String {
         .unwrap_or_else(|| "pgbackfill".into());
     // 64 random bits: in Kubernetes the pid is 1 and HOSTNAME survives a container restart, so
     // only these tell a restarted daemon from its dead predecessor.
-    format!("{host}:{}:{:016x}", std::process::id(), rand::random::<u64>())
+    let suffix = format!(":{}:{:016x}", std::process::id(), rand::random::<u64>());
+    // The application name ("pgbackfill <owner>") must reach the server whole: the drain cancels
+    // this daemon's own queries by it, and PostgreSQL truncates it to 63 bytes. Shorten the host
+    // part, never the unique suffix.
+    let room = 63usize.saturating_sub(APPLICATION_PREFIX.len() + suffix.len());
+    let mut cut = host.len().min(room);
+    while !host.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &host[..cut])
 }
+
+/// Every daemon connection's `application_name` is this followed by its owner id.
+const APPLICATION_PREFIX: &str = "pgbackfill ";

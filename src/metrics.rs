@@ -24,6 +24,7 @@ pub const LOCK_TIMEOUTS: &str = "pgbackfill_lock_timeouts_total";
 pub const BATCH_DURATION: &str = "pgbackfill_batch_duration_seconds";
 pub const BATCH_SIZE: &str = "pgbackfill_batch_size";
 pub const JOB_STATE: &str = "pgbackfill_job_state";
+pub const JOB_PAUSED: &str = "pgbackfill_job_paused";
 pub const JOB_PROGRESS: &str = "pgbackfill_job_progress_ratio";
 pub const JOB_ETA: &str = "pgbackfill_job_eta_seconds";
 pub const LAST_BATCH: &str = "pgbackfill_last_batch_timestamp_seconds";
@@ -64,6 +65,7 @@ pub const ALL: &[&str] = &[
     BATCH_DURATION,
     BATCH_SIZE,
     JOB_STATE,
+    JOB_PAUSED,
     JOB_PROGRESS,
     JOB_ETA,
     LAST_BATCH,
@@ -103,6 +105,10 @@ pub fn set_step_state(job: &str, step: &str, state: &str) {
         gauge!(STEP_STATE, &labels).set(if *s == state { 1.0 } else { 0.0 });
     }
 }
+
+/// The `by` label values of [`JOB_PAUSED`]: how a paused job was paused (SIGUSR1 to a daemon, or
+/// `pgbackfill pause`). Who exactly is in `status`, not in a label.
+pub const PAUSED_BY: &[&str] = &["signal", "cli"];
 
 /// How a batch attempt ended: the `outcome` label of [`BATCHES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +225,7 @@ pub struct JobMetrics {
     batch_duration: Histogram,
     batch_size: Gauge,
     states: Vec<(&'static str, Gauge)>,
+    paused: Vec<(&'static str, Gauge)>,
     progress: Gauge,
     eta: Gauge,
     last_batch: Gauge,
@@ -247,6 +254,7 @@ impl JobMetrics {
             batch_duration: histogram!(BATCH_DURATION, &[j()]),
             batch_size: gauge!(BATCH_SIZE, &[j()]),
             states: JOB_STATES.iter().map(|s| (*s, gauge!(JOB_STATE, &[j(), ("state", s.to_string())]))).collect(),
+            paused: PAUSED_BY.iter().map(|b| (*b, gauge!(JOB_PAUSED, &[j(), ("by", b.to_string())]))).collect(),
             progress: gauge!(JOB_PROGRESS, &[j()]),
             eta: gauge!(JOB_ETA, &[j()]),
             last_batch: gauge!(LAST_BATCH, &[j()]),
@@ -273,6 +281,7 @@ impl JobMetrics {
         for (_, g) in &m.throttled {
             g.set(0.0);
         }
+        m.set_paused(None);
         m
     }
 
@@ -309,6 +318,14 @@ impl JobMetrics {
             g.set(if *s == state { 1.0 } else { 0.0 });
         }
         self.set_held(ThrottleReason::Paused, state == "paused");
+    }
+
+    /// While paused: 1 for how (one of [`PAUSED_BY`]), 0 for the other; all 0 when not paused.
+    pub fn set_paused(&self, by: Option<&str>) {
+        debug_assert!(by.is_none_or(|b| PAUSED_BY.contains(&b)), "paused by {by:?} is not in metrics::PAUSED_BY");
+        for (b, g) in &self.paused {
+            g.set(if Some(*b) == by { 1.0 } else { 0.0 });
+        }
     }
 
     /// Progress (0–1) and ETA in seconds (`None`: unknown, shown as NaN), as `status` computes them.
@@ -398,6 +415,7 @@ pub fn describe() {
     describe_histogram!(BATCH_DURATION, Unit::Seconds, "Wall time of committed batches");
     describe_gauge!(BATCH_SIZE, "Current batch size (rows) of the job in this daemon");
     describe_gauge!(JOB_STATE, "1 for the job's current state, 0 for the other states");
+    describe_gauge!(JOB_PAUSED, "1 while the job is paused, by how: by=\"signal\" (SIGUSR1) or by=\"cli\"");
     describe_gauge!(JOB_PROGRESS, "Fraction of the job's estimated rows scanned (0-1), as in pgbackfill status");
     describe_gauge!(
         JOB_ETA,

@@ -143,6 +143,16 @@ CREATE TABLE {schema}.standbys (
 );
 "#,
     ),
+    (
+        7,
+        // Who paused a job and how, for `status`, logs and metrics: `paused_via` is a fixed set
+        // (a metric label), `paused_by` the sentence a person reads.
+        r#"
+ALTER TABLE {schema}.jobs
+    ADD COLUMN paused_via text CHECK (paused_via IN ('signal', 'cli')),
+    ADD COLUMN paused_by  text;
+"#,
+    ),
 ];
 
 #[derive(Debug, Error)]
@@ -207,6 +217,31 @@ impl fmt::Display for State {
     }
 }
 
+/// How a job was paused: a bounded set, fit for a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PausedVia {
+    /// `SIGUSR1` to a daemon.
+    Signal,
+    /// `pgbackfill pause NAME`.
+    Cli,
+}
+
+impl PausedVia {
+    pub const ALL: [PausedVia; 2] = [PausedVia::Signal, PausedVia::Cli];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PausedVia::Signal => "signal",
+            PausedVia::Cli => "cli",
+        }
+    }
+
+    fn parse(s: &str) -> Option<PausedVia> {
+        PausedVia::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
 /// A job row, with its ranges' counters summed.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobRow {
@@ -220,6 +255,10 @@ pub struct JobRow {
     pub throttle_reason: Option<String>,
     pub throttled_seconds: f64,
     pub paused_seconds: f64,
+    /// How the job was paused (while paused): by a signal to a daemon or by the CLI.
+    pub paused_via: Option<PausedVia>,
+    /// Who paused it, e.g. "SIGUSR1 to daemon host:1:… at 2026-…" or "pgbackfill pause by alice".
+    pub paused_by: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -730,8 +769,38 @@ impl Progress {
         Ok(())
     }
 
-    /// Operator control: pause, resume, cancel. Acts on the table, so it reaches daemons anywhere.
+    /// Operator control from the CLI: pause, resume, cancel. Acts on the table, so it reaches
+    /// daemons anywhere. A pause records "pgbackfill pause by <the connected role>".
     pub async fn transition(&self, name: &str, action: Action) -> Result<State, ProgressError> {
+        self.transition_as(name, action, PausedVia::Cli, None).await
+    }
+
+    /// Pause a job on a daemon's behalf (SIGUSR1), recording `by` ("SIGUSR1 to daemon … at …").
+    /// An already paused job keeps its original pauser.
+    pub async fn pause_by_signal(&self, name: &str, by: &str) -> Result<State, ProgressError> {
+        self.transition_as(name, Action::Pause, PausedVia::Signal, Some(by)).await
+    }
+
+    /// Resume a job only if it is paused (SIGUSR2): unlike `pgbackfill resume`, a failed job stays
+    /// failed. Returns whether it was resumed.
+    pub async fn resume_paused(&self, name: &str) -> Result<bool, ProgressError> {
+        let r = sqlx::query(self.sql(&format!("{SET_STATE} AND state = 'paused'")))
+            .bind(name)
+            .bind(State::Running.as_str())
+            .bind(None::<&str>)
+            .bind(None::<&str>)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn transition_as(
+        &self,
+        name: &str,
+        action: Action,
+        via: PausedVia,
+        by: Option<&str>,
+    ) -> Result<State, ProgressError> {
         let mut tx = self.pool.begin().await?;
         let state: Option<String> =
             sqlx::query_scalar(self.sql("SELECT state FROM {schema}.jobs WHERE name = $1 FOR UPDATE"))
@@ -754,19 +823,13 @@ impl Progress {
             (Action::Pause, State::Paused) | (Action::Resume, State::Running) => return Ok(state),
             _ => return Err(ProgressError::BadTransition { name: name.to_string(), state, action: action.verb() }),
         };
-        // Time spent paused counts against the ETA, so it is accumulated when leaving `paused`.
-        sqlx::query(self.sql(
-            "UPDATE {schema}.jobs SET \
-             paused_seconds = paused_seconds + CASE WHEN state = 'paused' THEN extract(epoch FROM now() - state_changed_at)::float8 ELSE 0 END, \
-             state = $2, state_changed_at = now(), updated_at = now(), \
-             last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END, \
-             finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE NULL END \
-             WHERE name = $1",
-        ))
-        .bind(name)
-        .bind(to.as_str())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(self.sql(SET_STATE))
+            .bind(name)
+            .bind(to.as_str())
+            .bind((to == State::Paused).then_some(via.as_str()))
+            .bind(by)
+            .execute(&mut *tx)
+            .await?;
         // A job paused before it was planned must still be planned when resumed.
         tx.commit().await?;
         Ok(to)
@@ -798,7 +861,7 @@ impl Progress {
     async fn jobs_where(&self, name: Option<&str>) -> Result<Vec<JobRow>, ProgressError> {
         let rows = sqlx::query(self.sql(
             "SELECT j.name, j.state, j.planned, j.fingerprint, j.estimated_rows, j.leftover_rows, j.last_error, \
-             j.throttle_reason, j.throttled_seconds, j.paused_seconds, j.created_at, j.started_at, j.finished_at, \
+             j.throttle_reason, j.throttled_seconds, j.paused_seconds, j.paused_via, j.paused_by, j.created_at, j.started_at, j.finished_at, \
              j.state_changed_at, j.verify_checked, coalesce(sum(r.rows_updated), 0)::int8 AS rows_updated, \
              coalesce(sum(r.rows_scanned), 0)::int8 AS rows_scanned, coalesce(sum(r.batches), 0)::int8 AS batches, \
              count(r.range_no) AS ranges, count(r.range_no) FILTER (WHERE r.done) AS ranges_done, \
@@ -842,6 +905,8 @@ impl Progress {
                     throttle_reason: r.try_get("throttle_reason")?,
                     throttled_seconds: r.try_get("throttled_seconds")?,
                     paused_seconds: r.try_get("paused_seconds")?,
+                    paused_via: r.try_get::<Option<&str>, _>("paused_via")?.and_then(PausedVia::parse),
+                    paused_by: r.try_get("paused_by")?,
                     created_at: r.try_get("created_at")?,
                     started_at: r.try_get("started_at")?,
                     finished_at: r.try_get("finished_at")?,
@@ -884,6 +949,8 @@ impl Progress {
                 throttle_reason: None,
                 throttled_seconds: 0.0,
                 paused_seconds: 0.0,
+                paused_via: None,
+                paused_by: None,
                 created_at: at,
                 started_at: None,
                 finished_at: None,
@@ -980,6 +1047,18 @@ impl Progress {
             .collect())
     }
 }
+
+/// A job's state change: $1 name, $2 new state, $3 `paused_via` and $4 `paused_by` (NULL: the
+/// connected role, for the CLI) when pausing. Time spent paused counts against the ETA, so it is
+/// accumulated when leaving `paused`.
+const SET_STATE: &str = "UPDATE {schema}.jobs SET \
+     paused_seconds = paused_seconds + CASE WHEN state = 'paused' THEN extract(epoch FROM now() - state_changed_at)::float8 ELSE 0 END, \
+     state = $2, state_changed_at = now(), updated_at = now(), \
+     last_error = CASE WHEN $2 = 'running' THEN NULL ELSE last_error END, \
+     finished_at = CASE WHEN $2 = 'cancelled' THEN now() ELSE NULL END, \
+     paused_via = CASE WHEN $2 = 'paused' THEN $3 END, \
+     paused_by = CASE WHEN $2 = 'paused' THEN coalesce($4, 'pgbackfill pause by ' || current_user) END \
+     WHERE name = $1";
 
 /// Operator actions on a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

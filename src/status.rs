@@ -146,6 +146,8 @@ pub struct JobStatus {
     pub key_sensitive: bool,
     pub throttled_seconds: f64,
     pub paused_seconds: f64,
+    /// While paused: who paused it and how ("SIGUSR1 to daemon … at …", "pgbackfill pause by …").
+    pub paused_by: Option<String>,
     pub ranges: i64,
     pub ranges_done: i64,
     /// Verification in progress (every range done, job not yet completed): rows of the walked
@@ -213,6 +215,7 @@ impl JobStatus {
             key_sensitive: r.key_sensitive,
             throttled_seconds: r.throttled_seconds,
             paused_seconds: r.paused_seconds + paused_now,
+            paused_by: r.paused_by.clone().filter(|_| r.state == State::Paused),
             ranges: r.ranges,
             ranges_done: r.ranges_done,
             verify_checked_rows: (r.state == State::Running && r.ranges > 0 && r.ranges_done == r.ranges)
@@ -351,7 +354,11 @@ pub fn details(j: &JobStatus) -> Vec<String> {
         progress.push(format!("{:.0}s throttled in total", j.throttled_seconds));
     }
     if j.stored_state == State::Paused {
-        progress.push(format!("paused for {}", duration(j.paused_seconds)));
+        let mut p = format!("paused for {}", duration(j.paused_seconds));
+        if let Some(by) = &j.paused_by {
+            p.push_str(&format!(" ({by})"));
+        }
+        progress.push(p);
     }
     if !progress.is_empty() {
         lines.push(progress.join("; "));
@@ -436,6 +443,9 @@ pub fn render_live_job(j: &JobStatus) -> String {
     );
     if let Some(reason) = &j.held_by {
         line.push_str(&format!("  throttled: {reason}"));
+    }
+    if let Some(by) = &j.paused_by {
+        line.push_str(&format!("  paused: {by}"));
     }
     if let Some(f) = &j.refused {
         line.push_str(&format!("  refused: {}", f.reason));

@@ -6,14 +6,25 @@
 //! renewing so another takes over once the lease expires. Every batch re-proves the claim under the
 //! range row's lock, so even a daemon that lost its lease without noticing cannot commit.
 //!
-//! The supervisor rescans the directory every scan interval: new files start, a tuning change
-//! restarts the job's workers with the new settings, a broken file is reported (once per change)
-//! and skipped without touching any other job.
+//! The supervisor rescans the directory every scan interval (and at once on SIGHUP): new files
+//! start, a tuning change restarts the job's workers with the new settings, a broken file is
+//! reported (once per change) and skipped without touching any other job.
+//!
+//! It also owns every state change an operator asks for by signal ([`control::Command`]): pause and
+//! resume (recorded in the progress table, so every daemon obeys and a restart does not silently
+//! resume), reload, and the bounded drain on shutdown. Its loop never blocks on the database
+//! while a command waits: start-up preparation and each scan are raced against the command channel.
+//!
+//! The drain: stop taking batches at once; let batches in flight commit; shortly before
+//! `shutdown_timeout` cancel, on the server, whatever this daemon's sessions are still running
+//! (`pg_cancel_backend`), so a batch stuck behind a lock rolls back instead of outliving the
+//! deadline; release claims; return in time. Nothing is ever half-written: a batch and its cursor
+//! commit together or not at all.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -21,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::KeyValue;
 use crate::catalog;
+use crate::control::{self, Command};
+use crate::db;
 use crate::metrics::{DaemonMetrics, JobMetrics};
 use crate::progress::{Claim, JobRow, Progress, ProgressError, State};
 use crate::spec::{self, JobSpec};
@@ -43,7 +56,16 @@ pub struct Config {
     pub exit_when_done: bool,
     /// Stamped every scan and after each job considered, for `/healthz` (detached by default).
     pub heartbeat: crate::health::Heartbeat,
+    /// From a drain request (SIGTERM) to returning: batches still running shortly before it are
+    /// cancelled on the server.
+    pub shutdown_timeout: Duration,
+    /// `DATABASE_URL_FILE`, re-read on SIGHUP (a rotated password); `None` when the URL came from
+    /// elsewhere.
+    pub url_file: Option<PathBuf>,
 }
+
+/// Defaults for the knobs `pgbackfill run` exposes as flags.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// How `run` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +77,9 @@ pub enum Outcome {
     /// `exit_when_done`: every job ended, some not cleanly completed (failed, cancelled, invalid
     /// spec, or completed with rows still matching `where`).
     NotAllCompleted { failed: Vec<String> },
+    /// A second shutdown signal: returned at once, without waiting for batches in flight (they
+    /// roll back when the process exits).
+    Interrupted,
 }
 
 struct Active {
@@ -88,18 +113,53 @@ struct Supervisor {
     refused: HashMap<String, (String, String)>,
     /// Jobs accepted since start-up: any earlier refusal of theirs has been cleared.
     accepted: HashSet<String>,
+    /// The progress schema is in place (start-up preparation succeeded).
+    prepared: bool,
+    /// Until then: growing waits between attempts (the database may take a while to come up).
+    prepare_backoff: crate::retry::Backoff,
+    prepare_wait: Duration,
+    /// Jobs paused by SIGUSR1 whose pause is not recorded in the progress table yet (database
+    /// unreachable, job not registered yet), with the `paused_by` to record. They are held here
+    /// meanwhile: no batch starts for them in this daemon.
+    held: BTreeMap<String, String>,
+    /// Jobs SIGUSR2 resumes, until the progress table has taken it.
+    to_resume: BTreeSet<String>,
+    /// Last `paused_by` logged per job, so a pause is logged once, with who did it.
+    pause_logged: HashMap<String, Option<String>>,
+    /// The last pass left work undone on a transient error: retry soon, not a scan interval later.
+    unsettled: bool,
 }
 
-/// How long shutdown waits for batches in flight before abandoning them. Abandoning is safe: a
-/// batch and its cursor commit together or not at all.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often preparation, unrecorded pauses and passes that hit a transient error are retried,
+/// whatever the scan interval.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Bound on the `pg_cancel_backend` round trip at the end of a drain.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Run until cancelled (or, with `exit_when_done`, until every job has ended).
+/// Why the supervisor's loop stopped.
+enum Stop {
+    Ended(Outcome),
+    Drain,
+    Exit,
+}
+
+/// What woke the loop between passes.
+enum Wake {
+    Command(Command),
+    Tick,
+}
+
+/// Run until drained (a [`Command::Drain`] on `commands`, or `cancel`), or, with
+/// `exit_when_done`, until every job has ended.
+///
+/// `commands` is usually fed by [`control::listen`]; a closed channel simply never commands.
+/// Prepares the progress schema first (retrying: the database may still be coming up next to us).
 pub async fn run(
     cfg: Config,
     pool: PgPool,
     progress: Progress,
     measurements: crate::throttle::Measurements,
+    mut commands: control::Receiver,
     cancel: CancellationToken,
 ) -> Outcome {
     let ctx = Context { pool, progress, measurements };
@@ -108,7 +168,7 @@ pub async fn run(
     let mut sup = Supervisor {
         cfg,
         ctx,
-        cancel: cancel.clone(),
+        cancel: cancel.child_token(),
         active: HashMap::new(),
         resolved: HashMap::new(),
         tasks: JoinSet::new(),
@@ -120,60 +180,312 @@ pub async fn run(
         steps: Default::default(),
         refused: HashMap::new(),
         accepted: HashSet::new(),
+        prepared: false,
+        prepare_backoff: crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+        prepare_wait: Duration::ZERO,
+        held: BTreeMap::new(),
+        to_resume: BTreeSet::new(),
+        pause_logged: HashMap::new(),
+        unsettled: false,
     };
-    let outcome = sup.run().await;
+    let stop = sup.run(&mut commands, &cancel).await;
     sup.cfg.heartbeat.finished();
-    // Drain: workers finish their batch in flight and release their ranges, within a bound.
-    cancel.cancel();
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while let Some(res) = sup.tasks.join_next().await {
-            if let Err(e) = res {
-                tracing::error!(error = %e, "worker task panicked");
-            }
+    let outcome = match stop {
+        Stop::Ended(outcome) => sup.drain(&mut commands, Instant::now()).await.unwrap_or(outcome),
+        Stop::Drain => {
+            let started = Instant::now();
+            tracing::info!(
+                timeout_s = sup.cfg.shutdown_timeout.as_secs_f64(),
+                "shutdown requested: no new batches; finishing the ones in flight"
+            );
+            sup.drain(&mut commands, started).await.unwrap_or(Outcome::Shutdown)
         }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            after_s = DRAIN_TIMEOUT.as_secs(),
-            "batches still in flight at shutdown: abandoning them (they roll back; their leases expire)"
-        );
+        Stop::Exit => Outcome::Interrupted,
+    };
+    if outcome == Outcome::Interrupted {
         sup.tasks.abort_all();
     }
     DaemonMetrics::get().active_workers.set(0.0);
-    let _ = renewer.await;
+    // It stopped with the drain; it may be stuck on an unreachable database, so do not wait for it.
+    renewer.abort();
     outcome
 }
 
-impl Supervisor {
-    async fn run(&mut self) -> Outcome {
-        loop {
-            self.cfg.heartbeat.beat();
-            let done = self.scan().await;
-            if let Some(outcome) = done
-                && self.tasks.is_empty()
-            {
-                return outcome;
+/// The next command, or a drain once `cancel` fires. A closed channel never commands.
+async fn next_command(commands: &mut control::Receiver, cancel: &CancellationToken) -> Command {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Command::Drain,
+        c = commands.recv() => match c {
+            Some(c) => c,
+            None => {
+                cancel.cancelled().await;
+                Command::Drain
             }
-            tokio::select! {
-                _ = self.cancel.cancelled() => return Outcome::Shutdown,
-                _ = tokio::time::sleep(self.cfg.scan_interval) => {}
-                _ = self.finalized.notified() => {}
-                Some(res) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
-                    // A finished range may free a slot or complete a job: rescan now.
-                    match res {
-                        Ok((id, (name, outcome))) => {
-                            self.forget(id);
-                            self.worker_finished(&name, outcome).await;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "worker task panicked");
-                            if let Some(claim) = self.forget(e.id()) {
-                                self.worker_finished(&claim.job, RangeOutcome::Stopped).await;
+        },
+    }
+}
+
+/// Wait for [`Command::Exit`], ignoring everything else (we are draining already).
+async fn exit_requested(commands: &mut control::Receiver) {
+    loop {
+        match commands.recv().await {
+            Some(Command::Exit) => return,
+            Some(other) => tracing::info!(command = ?other, "draining: command ignored"),
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+impl Supervisor {
+    async fn run(&mut self, commands: &mut control::Receiver, cancel: &CancellationToken) -> Stop {
+        loop {
+            // One pass (prepare, record signal pauses/resumes, scan), raced against commands:
+            // with the database unreachable a pass can take long, and SIGTERM must not wait for it.
+            // Dropping a pass part way is safe: at worst a claim it took is unknown here and its
+            // lease runs out.
+            self.cfg.heartbeat.beat();
+            let wake = tokio::select! {
+                biased;
+                c = next_command(commands, cancel) => Some(c),
+                done = self.pass() => {
+                    if let Some(outcome) = done
+                        && self.tasks.is_empty()
+                    {
+                        return Stop::Ended(outcome);
+                    }
+                    None
+                }
+            };
+            let mut wake = wake.map(Wake::Command);
+            // Wait for the next reason to pass again.
+            while wake.is_none() {
+                let retry_soon = self.unsettled || !self.held.is_empty() || !self.to_resume.is_empty();
+                let interval = if !self.prepared {
+                    self.prepare_wait
+                } else if retry_soon {
+                    self.cfg.scan_interval.min(RETRY_INTERVAL)
+                } else {
+                    self.cfg.scan_interval
+                };
+                wake = tokio::select! {
+                    biased;
+                    c = next_command(commands, cancel) => Some(Wake::Command(c)),
+                    Some(res) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                        // A finished range may free a slot or complete a job: rescan now.
+                        match res {
+                            Ok((id, (name, outcome))) => {
+                                self.forget(id);
+                                self.worker_finished(&name, outcome).await;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "worker task panicked");
+                                if let Some(claim) = self.forget(e.id()) {
+                                    self.worker_finished(&claim.job, RangeOutcome::Stopped).await;
+                                }
                             }
                         }
+                        Some(Wake::Tick)
                     }
+                    // A verification finished: the job may be complete (and `--exit-when-done` due).
+                    _ = self.finalized.notified() => Some(Wake::Tick),
+                    _ = tokio::time::sleep(interval) => Some(Wake::Tick),
+                };
+            }
+            if let Some(Wake::Command(command)) = wake {
+                match command {
+                    Command::Drain => return Stop::Drain,
+                    Command::Exit => return Stop::Exit,
+                    Command::Pause => self.pause_all(),
+                    Command::Resume => self.resume_all(),
+                    Command::Reload => self.reload(),
                 }
+            }
+        }
+    }
+
+    /// Create or upgrade the progress schema (once), record what signals asked, then scan.
+    async fn pass(&mut self) -> Option<Outcome> {
+        self.unsettled = false;
+        if !self.prepared {
+            // A direct connection first: an unreachable database is reported at once with its
+            // cause ("connection refused" on host:port), not after the pool's acquire timeout.
+            let prepared = match db::check_pool(&self.ctx.pool).await {
+                Ok(()) => self.ctx.progress.migrate().await.map_err(|e| crate::error::chain(&e)),
+                Err(e) => Err(crate::error::chain(&e)),
+            };
+            if let Err(e) = prepared {
+                self.prepare_wait = self.prepare_backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = self.prepare_wait.as_millis() as u64, "cannot prepare the progress table yet; retrying");
+                return None;
+            }
+            self.prepared = true;
+        }
+        self.record_signals().await;
+        self.scan().await
+    }
+
+    /// The jobs this daemon has loaded: the valid specs in its jobs directory now, and any job it
+    /// is running.
+    fn loaded(&self) -> BTreeSet<String> {
+        let report = spec::load_paths(std::slice::from_ref(&self.cfg.jobs_dir));
+        report.jobs.into_iter().map(|j| j.spec.name).chain(self.active.keys().cloned()).collect()
+    }
+
+    /// SIGUSR1: hold every loaded job here at once (workers finish their batch in flight and stop;
+    /// no batch starts), then record the pause in the progress table (next pass, retried).
+    fn pause_all(&mut self) {
+        let by = format!(
+            "SIGUSR1 to daemon {} at {}",
+            self.cfg.owner,
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let jobs = self.loaded();
+        tracing::info!(jobs = ?jobs, paused_by = %by, "SIGUSR1: pausing every loaded job");
+        self.to_resume.clear();
+        for name in jobs {
+            if let Some(active) = self.active.get(&name) {
+                active.cancel.cancel();
+            }
+            self.held.insert(name, by.clone());
+        }
+    }
+
+    /// SIGUSR2: resume every loaded job that is paused (recorded in the next pass, retried).
+    fn resume_all(&mut self) {
+        let jobs = self.loaded();
+        tracing::info!(jobs = ?jobs, "SIGUSR2: resuming every loaded job that is paused");
+        self.held.clear();
+        self.to_resume = jobs;
+    }
+
+    /// SIGHUP: re-read the database URL file (new connections use it; open ones, and the batches
+    /// on them, carry on), and rescan the jobs directory in the pass that follows.
+    fn reload(&mut self) {
+        tracing::info!("SIGHUP: rescanning the jobs directory");
+        let Some(file) = &self.cfg.url_file else {
+            tracing::info!("the database URL does not come from DATABASE_URL_FILE: nothing to re-read");
+            return;
+        };
+        let url = match std::fs::read_to_string(file) {
+            Ok(text) => text.trim().to_string(),
+            Err(e) => {
+                tracing::error!(file = %file.display(), error = %e, "cannot re-read the database URL file; keeping the current URL");
+                return;
+            }
+        };
+        let pool = &self.ctx.pool;
+        let application_name = pool.connect_options().get_application_name().unwrap_or("pgbackfill").to_string();
+        match db::connect_options(&url, &application_name) {
+            Ok(options) => {
+                pool.set_connect_options(options);
+                tracing::info!(database = %db::redact_url(&url), "database URL re-read: new connections use it");
+            }
+            Err(e) => tracing::error!(
+                file = %file.display(),
+                error = %e,
+                "the database URL file does not hold a valid URL; keeping the current URL"
+            ),
+        }
+    }
+
+    /// Write pending signal pauses and resumes to the progress table. What fails is kept for the
+    /// next pass.
+    async fn record_signals(&mut self) {
+        for (name, by) in self.held.clone() {
+            match self.ctx.progress.pause_by_signal(&name, &by).await {
+                Ok(state) => {
+                    tracing::info!(job = %name, state = %state, "pause recorded in the progress table");
+                    self.held.remove(&name);
+                }
+                // Nothing to pause: the job has ended.
+                Err(ProgressError::BadTransition { .. }) => {
+                    self.held.remove(&name);
+                }
+                // Not registered yet: stays held here; the scan registers it, the next pass pauses it.
+                Err(ProgressError::NoSuchJob(_)) => {}
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "cannot record the pause yet; holding the job here meanwhile");
+                    return;
+                }
+            }
+        }
+        for name in self.to_resume.clone() {
+            match self.ctx.progress.resume_paused(&name).await {
+                Ok(resumed) => {
+                    if resumed {
+                        tracing::info!(job = %name, "resumed (SIGUSR2)");
+                    }
+                    self.to_resume.remove(&name);
+                }
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "cannot record the resume yet; will retry");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stop taking batches, let those in flight commit, cancel on the server what still runs
+    /// shortly before the deadline, and return by `started + shutdown_timeout`.
+    /// `Some(Interrupted)` when a second shutdown signal cut it short.
+    async fn drain(&mut self, commands: &mut control::Receiver, started: Instant) -> Option<Outcome> {
+        self.cancel.cancel();
+        let timeout = self.cfg.shutdown_timeout;
+        let deadline = started + timeout;
+        // Left for the cancel round trip, the rollbacks and releasing the claims.
+        let margin = (timeout / 5).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let cancel_at = deadline.checked_sub(margin).unwrap_or(deadline);
+        if !self.join_until(commands, cancel_at).await {
+            return Some(Outcome::Interrupted);
+        }
+        if !self.tasks.is_empty() {
+            let left = self.tasks.len();
+            match tokio::time::timeout(CANCEL_TIMEOUT.min(margin / 2), cancel_own_queries(&self.ctx.pool)).await {
+                Ok(Ok(n)) => tracing::warn!(
+                    workers = left,
+                    cancelled_queries = n,
+                    "batches still in flight near the shutdown timeout: cancelled on the server (they roll back)"
+                ),
+                Ok(Err(e)) => {
+                    tracing::warn!(workers = left, error = %e, "could not cancel the batches still in flight")
+                }
+                Err(_) => tracing::warn!(workers = left, "the database did not answer the cancel in time"),
+            }
+            if !self.join_until(commands, deadline).await {
+                return Some(Outcome::Interrupted);
+            }
+        }
+        if !self.tasks.is_empty() {
+            tracing::warn!(
+                workers = self.tasks.len(),
+                "shutdown timeout: abandoning workers (their transactions roll back; their leases expire)"
+            );
+            self.tasks.abort_all();
+        }
+        None
+    }
+
+    /// Join worker tasks until none is left or `until`. False when an Exit command came first.
+    async fn join_until(&mut self, commands: &mut control::Receiver, until: Instant) -> bool {
+        let until = tokio::time::Instant::from_std(until);
+        loop {
+            if self.tasks.is_empty() {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                _ = exit_requested(commands) => return false,
+                _ = tokio::time::sleep_until(until) => return true,
+                Some(res) = self.tasks.join_next_with_id() => match res {
+                    Ok((id, _)) => {
+                        self.forget(id);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker task panicked");
+                        self.forget(e.id());
+                    }
+                },
             }
         }
     }
@@ -342,6 +654,7 @@ impl Supervisor {
                 Err(transient) => {
                     // The database being briefly unreachable is not a broken spec.
                     tracing::warn!(job = %name, error = %transient, "cannot resolve the job yet; will retry");
+                    self.unsettled = true;
                     return Ok(None);
                 }
             },
@@ -360,6 +673,7 @@ impl Supervisor {
         {
             Ok(row) => {
                 publish_job(&job, &row);
+                self.publish_pause(&job, &row);
                 row
             }
             Err(e @ ProgressError::MeaningChanged { .. }) => {
@@ -368,14 +682,16 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::warn!(job = %name, error = %e, "progress table unavailable; will retry");
+                self.unsettled = true;
                 return Ok(None);
             }
         };
         self.accept(&name).await;
-        if row.state.is_terminal() || row.state == State::Paused {
+        if row.state.is_terminal() || row.state == State::Paused || self.held.contains_key(&name) {
             publish_state(&name, JobState::of(&row));
-            // Paused, cancelled or failed from elsewhere: stop our workers now, even those waiting
-            // on the throttle or sleeping between batches, which would only notice at their next batch.
+            // Paused, cancelled or failed from elsewhere (or paused by a signal not recorded yet):
+            // stop our workers now, even those waiting on the throttle or sleeping between
+            // batches, which would only notice at their next batch.
             if let Some(active) = self.active.get(&name) {
                 active.cancel.cancel();
             }
@@ -390,12 +706,14 @@ impl Supervisor {
                 Ok(ranges) => {
                     if let Err(e) = self.ctx.progress.plan(&name, &ranges).await {
                         tracing::warn!(job = %name, error = %e, "could not plan ranges; will retry");
+                        self.unsettled = true;
                         return Ok(None);
                     }
                     tracing::info!(job = %name, ranges = ranges.len(), "job started: key ranges planned");
                 }
                 Err(e) => {
                     tracing::warn!(job = %name, error = %crate::error::sql(&e), "could not plan ranges; will retry");
+                    self.unsettled = true;
                     return Ok(None);
                 }
             }
@@ -410,6 +728,7 @@ impl Supervisor {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(job = %name, error = %e, "progress table unavailable; will retry");
+                    self.unsettled = true;
                     return Ok(None);
                 }
             }
@@ -457,6 +776,7 @@ impl Supervisor {
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(job = %name, error = %e, "could not claim a range; will retry");
+                    self.unsettled = true;
                     return;
                 }
             };
@@ -517,6 +837,37 @@ async fn finalize(ctx: &Context, job: &Job, cancel: &CancellationToken) {
         Ok(false) => {}
         Err(e) => tracing::warn!(job = %name, error = %e, "could not mark the job completed; will retry"),
     }
+}
+
+impl Supervisor {
+    /// `pgbackfill_job_paused{job, by}` and one log line per pause naming who paused the job.
+    fn publish_pause(&mut self, job: &Job, row: &JobRow) {
+        let paused_by = row.paused_by.clone().filter(|_| row.state == State::Paused);
+        job.metrics.set_paused(row.paused_via.filter(|_| row.state == State::Paused).map(|v| v.as_str()));
+        let logged = self.pause_logged.entry(row.name.clone()).or_default();
+        if *logged != paused_by {
+            if let Some(by) = &paused_by {
+                tracing::info!(job = %row.name, paused_by = %by, "job is paused");
+            }
+            *logged = paused_by;
+        }
+    }
+}
+
+/// Cancel, on the server, the query every other session of this daemon is running: sessions whose
+/// `application_name` is ours (it carries the daemon's unique owner id, see `owner_id` in main;
+/// compared as the server stores it, so truncation or character mangling cannot make it differ),
+/// of our role (the only ones `pg_cancel_backend` may signal without extra privileges), except the
+/// session asking. A session between statements is not affected; one inside a batch has its
+/// statement fail, and the batch rolls back. Returns how many were signalled.
+pub async fn cancel_own_queries(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = current_setting('application_name') AND usename = current_user \
+           AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state = 'active'",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// `pgbackfill_job_state{job, state}` (1 for the current state, 0 for the others, so dashboards can

@@ -75,6 +75,9 @@ impl Job {
 /// any more, and retrying forever would show a "running" job that never moves.
 const MAX_TIMEOUTS_AT_MIN: u32 = 5;
 
+/// Bound on giving a range back when a worker stops.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How a range worker ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RangeOutcome {
@@ -203,6 +206,13 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
             }
             Ok(Step::NotRunning(state)) => break RangeOutcome::NotRunning(state),
             Ok(Step::Lost) => break RangeOutcome::Lost,
+            Err(err) if cancel.is_cancelled() => {
+                // Draining: most likely our own batch, cancelled on the server at the shutdown
+                // deadline. It rolled back; the cursor did not move. Not a job error to retry or
+                // record: the next daemon simply does the batch again.
+                tracing::info!(job = %name, range = claim.range_no, error = %err, "batch abandoned by the shutdown (rolled back)");
+                break RangeOutcome::Stopped;
+            }
             Err(err) => {
                 let kind = retry::label(&err);
                 job.metrics.batch_failed(BatchOutcome::of_error(&err));
@@ -262,8 +272,14 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         // A failed range is released too: `pgbackfill resume` makes a failed job running again, and
         // a range still owned here would be renewed by this daemon forever and never reclaimed.
         RangeOutcome::NotRunning(_) | RangeOutcome::Stopped | RangeOutcome::Failed(_) => {
-            if let Err(e) = ctx.progress.release(&claim).await {
-                tracing::warn!(job = %name, error = %e, "could not release the range; its lease will expire");
+            // Bounded: with the database unreachable this would wait for a connection, holding
+            // up a shutdown for nothing (the lease expires anyway).
+            match tokio::time::timeout(RELEASE_TIMEOUT, ctx.progress.release(&claim)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(job = %name, error = %e, "could not release the range; its lease will expire")
+                }
+                Err(_) => tracing::warn!(job = %name, "no answer releasing the range; its lease will expire"),
             }
         }
     }

@@ -57,23 +57,36 @@ impl Daemon {
     /// Start a daemon on `url` over `jobs`, with [`FAST`] settings plus `extra` arguments (which
     /// replace a FAST option of the same name, e.g. `--metrics-addr 127.0.0.1:PORT`).
     pub fn start(url: &str, jobs: &Path, extra: &[&str]) -> Daemon {
+        Self::spawn(jobs, extra, |c| {
+            c.env("DATABASE_URL", url);
+        })
+    }
+
+    /// Like [`Daemon::start`], with the URL in a file (`DATABASE_URL_FILE`, re-read on SIGHUP).
+    pub fn start_with_url_file(url_file: &Path, jobs: &Path, extra: &[&str]) -> Daemon {
+        Self::spawn(jobs, extra, |c| {
+            c.env_remove("DATABASE_URL").env("DATABASE_URL_FILE", url_file);
+        })
+    }
+
+    fn spawn(jobs: &Path, extra: &[&str], database: impl FnOnce(&mut Command)) -> Daemon {
         let logdir = tempfile::tempdir().expect("tempdir");
         let log = logdir.path().join("daemon.log");
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .arg("run")
             .arg("--jobs")
             .arg(jobs)
             .args(fast_unless_overridden(extra))
             .args(extra)
-            .env("DATABASE_URL", url)
             .env("PGBACKFILL_LOG", "info,pgbackfill=debug,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn pgbackfill run");
+            .stderr(err);
+        database(&mut command);
+        let child = command.spawn().expect("spawn pgbackfill run");
         Daemon { child: Some(child), log, _logdir: logdir }
     }
 
@@ -96,9 +109,17 @@ impl Daemon {
 
     /// SIGTERM: graceful shutdown.
     pub fn terminate(&mut self) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-        }
+        self.send("TERM");
+    }
+
+    /// Send a signal by name (`USR1`, `HUP` …) to the daemon, which must still be running.
+    pub fn signal(&self, name: &str) {
+        assert!(self.send(name), "kill -{name} {} failed; log:\n{}", self.pid(), self.log());
+    }
+
+    fn send(&self, name: &str) -> bool {
+        let Some(c) = &self.child else { return false };
+        Command::new("kill").arg(format!("-{name}")).arg(c.id().to_string()).status().is_ok_and(|s| s.success())
     }
 
     /// Wait for the process to exit by itself.
