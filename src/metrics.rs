@@ -497,7 +497,7 @@ mod tests {
     fn label_values_are_bounded_and_distinct() {
         let outcomes: Vec<_> = BatchOutcome::ALL.iter().map(|o| o.label()).collect();
         let reasons: Vec<_> = ThrottleReason::ALL.iter().map(|r| r.label()).collect();
-        for set in [&outcomes, &reasons, &JOB_STATES.to_vec()] {
+        for set in [&outcomes, &reasons, &JOB_STATES.to_vec(), &PAUSED_BY.to_vec()] {
             let mut s = set.clone();
             s.sort();
             s.dedup();
@@ -526,6 +526,7 @@ mod tests {
             LOCK_TIMEOUTS,
             BATCH_SIZE,
             JOB_STATE,
+            JOB_PAUSED,
             JOB_PROGRESS,
             JOB_ETA,
             LAST_BATCH,
