@@ -358,3 +358,136 @@ async fn sigterm_exits_promptly_without_a_database() {
     assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
     assert!(sent.elapsed() < Duration::from_secs(3), "took {:?}; log:\n{}", sent.elapsed(), daemon.log());
 }
+
+/// Wait until the daemon's log has `line`: only to know a signal was taken before the test goes
+/// on (the verdicts come from the database).
+async fn wait_log(daemon: &Daemon, line: &str) {
+    let start = Instant::now();
+    while !daemon.log().contains(line) {
+        assert!(start.elapsed() < REACT, "no `{line}` in the log:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sessions of any pgbackfill daemon in the test's database.
+async fn daemon_sessions(pool: &PgPool) -> i64 {
+    scalar(
+        pool,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackfill %:%' \
+         AND datname = current_database()",
+    )
+    .await
+}
+
+/// SIGUSR1 while the database is unreachable: the pause reaches the progress table once the
+/// database is back, and no batch runs in between. (That the hold is local and immediate is shown
+/// deterministically by `sigusr1_holds_locally_until_the_pause_is_recorded`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_without_the_database_holds_at_once_and_records_the_pause_later() {
+    let (db, pool) = database(&rows(400)).await;
+    let mut proxy = common::proxy::Proxy::start(cluster().await.primary_port()).await;
+    let jobs = JobsDir::new();
+    jobs.write("slow", &spec("slow", 5, "  pause: 100ms\n"));
+    let mut daemon = Daemon::start(&proxy.url(&db.url), jobs.path(), &[]);
+    wait_job(&pool, "slow", "progress", &daemon, |s| s.rows_updated >= 10).await;
+
+    proxy.down();
+    wait_until(REACT, "the daemon's sessions gone with the connection", || async { daemon_sessions(&pool).await == 0 })
+        .await;
+    let before = snapshot(&pool, "slow").await.expect("job");
+    assert_eq!(before.state, "running");
+    daemon.signal("USR1");
+    wait_log(&daemon, "SIGUSR1: pausing every loaded job").await;
+
+    proxy.up().await;
+    let paused = wait_job(&pool, "slow", "the pause recorded", &daemon, |s| s.state == "paused").await;
+    assert_eq!(paused.paused_via.as_deref(), Some("signal"), "{paused:?}");
+    // Held from the signal on: not one batch once the database was back.
+    assert_eq!(paused.rows_updated, before.rows_updated, "{paused:?}");
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = snapshot(&pool, "slow").await.expect("job");
+        assert_eq!((now.rows_updated, &now.cursors), (before.rows_updated, &before.cursors), "log:\n{}", daemon.log());
+    }
+
+    daemon.signal("USR2");
+    wait_job(&pool, "slow", "completed", &daemon, |s| s.state == "completed").await;
+    assert_eq!(histogram(&pool).await, vec![(1, 400)], "exactly once across the outage and the pause");
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
+}
+
+/// A second SIGTERM while draining exits at once (130), a batch stuck behind a lock or not; the
+/// batch rolls back with the connection, and a restart does every row exactly once.
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    let (db, pool) = database(&rows(100)).await;
+    let mut locker = PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::raw_sql("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE").execute(&mut locker).await.expect("lock");
+    let jobs = JobsDir::new();
+    jobs.write("stuck", &spec("stuck", 50, "timeouts:\n  lock: 60s\n  statement: 60s\n"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--shutdown-timeout", "60s"]);
+    wait_until(REACT, "the daemon's batch waiting on the row lock", || async {
+        scalar::<i64>(
+            &pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbackfill %:%' \
+             AND wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .await
+            == 1
+    })
+    .await;
+    daemon.terminate();
+    wait_log(&daemon, "shutdown requested").await;
+    let sent = Instant::now();
+    daemon.terminate();
+    let status = daemon.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(130), "log:\n{}", daemon.log());
+    assert!(sent.elapsed() < Duration::from_secs(2), "took {:?}", sent.elapsed());
+    sqlx::raw_sql("COMMIT").execute(&mut locker).await.expect("unlock");
+    wait_until(REACT, "the daemon's sessions gone", || async { daemon_sessions(&pool).await == 0 }).await;
+    assert_eq!(histogram(&pool).await, vec![(0, 100)], "the stuck batch rolled back");
+
+    let mut again = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    assert_eq!(again.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", again.log());
+    assert_eq!(histogram(&pool).await, vec![(1, 100)], "exactly once");
+}
+
+/// SIGUSR1 when the pause cannot be recorded (here a trigger refuses it; an unreachable database is
+/// the usual cause): the daemon holds the job locally at once, with the job still `running` in the
+/// table, and records the pause as soon as the table takes it.
+#[tokio::test]
+async fn sigusr1_holds_locally_until_the_pause_is_recorded() {
+    let (db, pool) = database(&rows(400)).await;
+    let jobs = JobsDir::new();
+    jobs.write("slow", &spec("slow", 5, "  pause: 100ms\n"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_job(&pool, "slow", "progress", &daemon, |s| s.rows_updated >= 10).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_signal_pause() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.paused_via = 'signal' THEN RAISE EXCEPTION 'not now'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_signal_pause BEFORE UPDATE ON pgbackfill.jobs \
+           FOR EACH ROW EXECUTE FUNCTION refuse_signal_pause();",
+    )
+    .execute(&pool)
+    .await
+    .expect("trigger");
+
+    daemon.signal("USR1");
+    let held = wait_job(&pool, "slow", "the range released", &daemon, |s| s.owned == 0).await;
+    assert_eq!(held.state, "running", "{held:?}");
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = snapshot(&pool, "slow").await.expect("job");
+        assert_eq!(now, held, "held locally: nothing may move; log:\n{}", daemon.log());
+    }
+
+    sqlx::raw_sql("DROP TRIGGER refuse_signal_pause ON pgbackfill.jobs").execute(&pool).await.expect("drop trigger");
+    let paused = wait_job(&pool, "slow", "the pause recorded", &daemon, |s| s.state == "paused").await;
+    assert_eq!((paused.paused_via.as_deref(), paused.rows_updated), (Some("signal"), held.rows_updated));
+    daemon.signal("USR2");
+    wait_job(&pool, "slow", "completed", &daemon, |s| s.state == "completed").await;
+    assert_eq!(histogram(&pool).await, vec![(1, 400)]);
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
+}

@@ -33,6 +33,7 @@ use sqlx::{AssertSqlSafe, Connection};
 use tokio::sync::OnceCell;
 
 pub mod daemon;
+pub mod proxy;
 
 static SHARED: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
 
