@@ -157,7 +157,7 @@ def check_pod_monitor(doc, where, docs):
         expect(e.get("honorLabels") is True, where, "honorLabels must be true (pgbackfill's `job` label)")
 
 
-SHUTDOWN_TIMEOUT = 25  # pgbackfill's default --shutdown-timeout, seconds
+SHUTDOWN_TIMEOUT = 25  # pgbackfill's default --shutdown-timeout, seconds, when the args do not set it
 
 
 def check_pgbackfill_pods(d, where):
@@ -171,7 +171,16 @@ def check_pgbackfill_pods(d, where):
         return
     expect(pod.get("automountServiceAccountToken") is False, where, "automountServiceAccountToken: false")
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    expect(grace > SHUTDOWN_TIMEOUT, where, f"terminationGracePeriodSeconds must exceed --shutdown-timeout ({SHUTDOWN_TIMEOUT}s)")
+    for c in ours:
+        timeout = SHUTDOWN_TIMEOUT
+        for arg in c.get("args") or []:
+            m = re.match(r"^--shutdown-timeout=([0-9]+)s$", str(arg))
+            if m:
+                timeout = int(m.group(1))
+            else:
+                expect(not str(arg).startswith("--shutdown-timeout"), where, f"{arg}: write it as --shutdown-timeout=Ns")
+        expect(grace > timeout, where,
+               f"terminationGracePeriodSeconds ({grace}) must exceed {c['name']}'s --shutdown-timeout ({timeout}s)")
     psc = pod.get("securityContext") or {}
     expect(psc.get("runAsNonRoot") is True, where, "pod securityContext.runAsNonRoot: true")
     expect(isinstance(psc.get("runAsUser"), int) and psc["runAsUser"] > 0, where, "a numeric non-root runAsUser")

@@ -190,8 +190,12 @@ def panels():
     ))
     p.append(state_timeline(
         12, "Paused and failed", (12, 28, 12, 8),
-        [(f'max by (job, state) (pgbackfill_job_state{{{JOB}, state=~"paused|failed"}})', "{{job}} {{state}}", "A")],
-        "Jobs paused (pgbackfill pause, or SIGUSR1 to a daemon) and failed jobs.",
+        [
+            (f"max by (job, by) (pgbackfill_job_paused{{{JOB}}})", "{{job}} paused ({{by}})", "A"),
+            (f'max by (job) (pgbackfill_job_state{{{JOB}, state="failed"}})', "{{job}} failed", "B"),
+        ],
+        "Jobs paused, by how (signal: SIGUSR1 to a daemon; cli: pgbackfill pause; `status` says who), "
+        "and failed jobs.",
         value_map([(0, "no", "transparent"), (1, "yes", "red")]),
     ))
     p.append(timeseries(
