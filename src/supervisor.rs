@@ -341,7 +341,7 @@ impl Supervisor {
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
         let jobs = self.loaded();
-        tracing::info!(jobs = ?jobs, paused_by = %by, "SIGUSR1: pausing every loaded job");
+        tracing::info!(jobs = %jobs.iter().cloned().collect::<Vec<_>>().join(", "), paused_by = %by, "SIGUSR1: pausing every loaded job");
         self.to_resume.clear();
         for name in jobs {
             if let Some(active) = self.active.get(&name) {
@@ -354,7 +354,7 @@ impl Supervisor {
     /// SIGUSR2: resume every loaded job that is paused (recorded in the next pass, retried).
     fn resume_all(&mut self) {
         let jobs = self.loaded();
-        tracing::info!(jobs = ?jobs, "SIGUSR2: resuming every loaded job that is paused");
+        tracing::info!(jobs = %jobs.iter().cloned().collect::<Vec<_>>().join(", "), "SIGUSR2: resuming every loaded job that is paused");
         self.held.clear();
         self.to_resume = jobs;
     }
