@@ -123,6 +123,8 @@ enum Step {
     },
     NotRunning(State),
     Lost,
+    /// Stop requested (pause, shutdown) while the batch waited for a connection: it never began.
+    Cancelled,
     /// The lag read at the start of the batch crossed a limit: nothing was written.
     Held {
         reason: String,
@@ -167,7 +169,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         // Dropping the attempt is safe: the batch rolls back and the cursor is re-read next time.
         let t = &job.spec.timeouts;
         let bound = t.lock + t.statement + batch::IDLE_IN_BATCH_TIMEOUT;
-        let attempt = match tokio::time::timeout(bound, one_batch(&ctx, &job, &gate, &claim, limit)).await {
+        let attempt = match tokio::time::timeout(bound, one_batch(&ctx, &job, &gate, &claim, limit, &cancel)).await {
             Ok(result) => result,
             Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -199,6 +201,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                     break RangeOutcome::Stopped;
                 }
             }
+            Ok(Step::Cancelled) => break RangeOutcome::Stopped,
             Ok(Step::Held { reason, signal, kind }) => {
                 tracing::debug!(job = %name, range = claim.range_no, reason = %reason, "held by the lag read at batch start");
                 gate.hold();
@@ -288,9 +291,22 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
 }
 
 /// One batch transaction. Errors are returned for the caller to classify.
-async fn one_batch(ctx: &Context, job: &Job, gate: &Gate, claim: &Claim, limit: i64) -> Result<Step, sqlx::Error> {
+async fn one_batch(
+    ctx: &Context,
+    job: &Job,
+    gate: &Gate,
+    claim: &Claim,
+    limit: i64,
+    cancel: &CancellationToken,
+) -> Result<Step, sqlx::Error> {
     let t = &job.spec.timeouts;
-    let mut tx = batch::begin(&ctx.pool, t.lock, t.statement).await?;
+    // Waiting for a connection (the database may be unreachable for a while) is not yet a batch in
+    // flight: a pause or shutdown in the meantime must not let it start once the database is back.
+    let mut tx = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => return Ok(Step::Cancelled),
+        tx = batch::begin(&ctx.pool, t.lock, t.statement) => tx?,
+    };
     let Some(locked) = ctx.progress.lock_range(&mut tx, claim).await.map_err(db_error)? else {
         return Ok(Step::Lost);
     };

@@ -403,7 +403,7 @@ async fn sigusr1_without_the_database_holds_at_once_and_records_the_pause_later(
     let paused = wait_job(&pool, "slow", "the pause recorded", &daemon, |s| s.state == "paused").await;
     assert_eq!(paused.paused_via.as_deref(), Some("signal"), "{paused:?}");
     // Held from the signal on: not one batch once the database was back.
-    assert_eq!(paused.rows_updated, before.rows_updated, "{paused:?}");
+    assert_eq!(paused.rows_updated, before.rows_updated, "{paused:?} {before:?}; log:\n{}", daemon.log());
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = snapshot(&pool, "slow").await.expect("job");

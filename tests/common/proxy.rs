@@ -2,15 +2,15 @@
 //! ones) and brought back on the same port: the database going away and returning, as a daemon
 //! sees it, without disturbing the shared cluster.
 
-use std::sync::{Arc, Mutex};
-
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub struct Proxy {
     pub port: u16,
     target: u16,
-    accept: Option<JoinHandle<()>>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Cancelled by [`Proxy::down`]: ends the listener and every forwarded connection, including
+    /// one accepted in the very instant of going down (a task aborted while running would finish
+    /// its poll and could still hand over a live connection).
+    open: Option<CancellationToken>,
 }
 
 impl Proxy {
@@ -20,7 +20,7 @@ impl Proxy {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
-        let mut p = Proxy { port, target, accept: None, conns: Arc::default() };
+        let mut p = Proxy { port, target, open: None };
         p.up().await;
         p
     }
@@ -34,27 +34,51 @@ impl Proxy {
 
     /// Accept and forward connections again.
     pub async fn up(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("proxy bind");
-        let (target, conns) = (self.target, self.conns.clone());
-        self.accept = Some(tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let conn = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        self.down();
+        // The previous listener closes as soon as its task sees the cancellation: retry briefly.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("proxy bind 127.0.0.1:{}: {e}", self.port),
+            }
+        };
+        let open = CancellationToken::new();
+        self.open = Some(open.clone());
+        let target = self.target;
+        tokio::spawn(async move {
+            loop {
+                let mut client = tokio::select! {
+                    _ = open.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((client, _)) => client,
+                        Err(_) => return,
+                    },
+                };
+                let open = open.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = open.cancelled() => {}
+                        _ = async {
+                            if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            }
+                        } => {}
                     }
                 });
-                conns.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
             }
-        }));
+        });
     }
 
     /// Close every forwarded connection and refuse new ones.
     pub fn down(&mut self) {
-        if let Some(a) = self.accept.take() {
-            a.abort();
-        }
-        for c in self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            c.abort();
+        if let Some(open) = self.open.take() {
+            open.cancel();
         }
     }
 }
