@@ -165,3 +165,16 @@ async fn sessions_are_pinned_and_checked() {
     assert_eq!(scs, "on");
     assert_eq!(path, "pg_catalog, public, pg_catalog", "pg_catalog first, then the database's own path");
 }
+
+#[tokio::test]
+async fn a_session_without_the_pins_is_refused_with_the_reason() {
+    // What a transaction-mode pooler that drops startup options hands over: a plain session.
+    let db = cluster().await.new_database().await;
+    let mut plain = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+    let err = pgbackfill::db::pin_session(&mut plain).await.expect_err("an unpinned session is refused").to_string();
+    assert!(err.contains("IntervalStyle") && err.contains("pooler"), "{err}");
+    // A pinned one passes.
+    let opts = pgbackfill::db::connect_options(&db.url, "t").unwrap();
+    let mut pinned = sqlx::ConnectOptions::connect(&opts).await.unwrap();
+    pgbackfill::db::pin_session(&mut pinned).await.expect("pinned session");
+}
