@@ -450,11 +450,29 @@ async fn then_steps_run_only_inside_the_schedule_windows() {
     assert!(Utc::now() >= closes);
     // A lets go: only the schedule now stands between the step and its lock.
     sqlx::raw_sql("COMMIT").execute(&mut a).await.expect("COMMIT");
+    // The runner re-records the hold every few seconds: across two such rounds after the release
+    // (not a sleep), the step neither ran nor tried.
+    let updated = || async {
+        let at: chrono::DateTime<Utc> =
+            sqlx::query_scalar("SELECT updated_at FROM pgbackfill.steps WHERE job = 'win' AND step_no = 0")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        at
+    };
     let attempts = steps(&pool, "win").await[0].2;
-    for _ in 0..30 {
+    let mut rounds = vec![updated().await];
+    let start = std::time::Instant::now();
+    while rounds.len() < 3 {
+        assert!(start.elapsed() < DEADLINE, "the runner stopped re-checking its hold; log:\n{}", daemon.log());
         let s = steps(&pool, "win").await;
         assert_eq!((s[0].1.as_str(), s[0].2), ("waiting", attempts), "a step ran outside the window: {s:#?}");
+        assert!(s[0].3.as_deref().is_some_and(|d| d.contains("outside its schedule windows")), "{s:#?}");
         assert_eq!(not_null_and_helpers(&pool, "c").await, (false, 0));
+        let at = updated().await;
+        if rounds.last() != Some(&at) {
+            rounds.push(at);
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let text = status_text(&db.url);
