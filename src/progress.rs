@@ -153,6 +153,18 @@ ALTER TABLE {schema}.jobs
     ADD COLUMN paused_by  text;
 "#,
     ),
+    (
+        8,
+        // Evidence of life for the completion check: verification holds no range, so without this
+        // `status` called a job orphaned ("no live daemon") while a daemon was verifying it, or
+        // holding its verification outside a schedule window. The verifier renews this lease while
+        // it runs (chunks, throttle waits) and clears it when it stops.
+        r#"
+ALTER TABLE {schema}.jobs
+    ADD COLUMN verify_owner       text,
+    ADD COLUMN verify_lease_until timestamptz;
+"#,
+    ),
 ];
 
 #[derive(Debug, Error)]
@@ -271,6 +283,8 @@ pub struct JobRow {
     /// Rows the completion check has examined so far (it runs in chunks once every range is done).
     pub verify_checked: i64,
     pub owners: Vec<String>,
+    /// The daemon verifying the job right now (its verification lease is live), if any.
+    pub verifier: Option<String>,
     /// The largest current batch size of the job's open ranges.
     pub batch_size: Option<i64>,
     /// The spec marks the key sensitive: `status` must not show key values.
@@ -587,6 +601,23 @@ impl Progress {
         Ok(r.rows_affected())
     }
 
+    /// Extend one claim's lease right after its own batch attempt failed. Unlike [`Self::renew`] it
+    /// waits for the row: what can still hold it is that attempt's rollback, a moment away.
+    pub async fn renew_claim(&self, claim: &Claim) -> Result<u64, ProgressError> {
+        let r = sqlx::query(self.sql(
+            "UPDATE {schema}.ranges SET lease_until = clock_timestamp() + $5 * interval '1 millisecond' \
+             WHERE job = $1 AND range_no = $2 AND owner = $3 AND epoch = $4 AND NOT done",
+        ))
+        .bind(&claim.job)
+        .bind(claim.range_no)
+        .bind(&claim.owner)
+        .bind(claim.epoch)
+        .bind(claim.lease.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Give a range back (on shutdown or pause) so another daemon need not wait for the lease.
     pub async fn release(&self, claim: &Claim) -> Result<(), ProgressError> {
         sqlx::query(self.sql(
@@ -704,6 +735,33 @@ impl Progress {
         .bind(matching)
         .bind(done)
         .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Verification's lease: `owner` is verifying `name` and shows it (see migration 8).
+    pub async fn renew_verify(&self, name: &str, owner: &str, lease: Duration) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET verify_owner = $2, \
+             verify_lease_until = clock_timestamp() + $3 * interval '1 millisecond' WHERE name = $1",
+        ))
+        .bind(name)
+        .bind(owner)
+        .bind(lease.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Verification by `owner` stopped (done, paused, shutdown): drop its lease.
+    pub async fn end_verify(&self, name: &str, owner: &str) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET verify_owner = NULL, verify_lease_until = NULL \
+             WHERE name = $1 AND verify_owner = $2",
+        ))
+        .bind(name)
+        .bind(owner)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -882,6 +940,7 @@ impl Progress {
              count(r.range_no) AS ranges, count(r.range_no) FILTER (WHERE r.done) AS ranges_done, \
              coalesce(array_agg(DISTINCT r.owner) FILTER (WHERE r.owner IS NOT NULL AND r.lease_until > now()), '{}') AS owners, \
              max(r.batch_size) FILTER (WHERE NOT r.done) AS batch_size, \
+             CASE WHEN j.verify_lease_until > now() THEN j.verify_owner END AS verifier, \
              coalesce(j.spec->>'key_sensitive' = 'true', false) AS key_sensitive, \
              f.file AS refused_file, f.reason AS refused_reason, f.owner AS refused_owner, f.refused_at, \
              now() AS now \
@@ -933,6 +992,7 @@ impl Progress {
                     ranges_done: r.try_get("ranges_done")?,
                     verify_checked: r.try_get("verify_checked")?,
                     owners: r.try_get("owners")?,
+                    verifier: r.try_get("verifier")?,
                     batch_size: r.try_get("batch_size")?,
                     key_sensitive: r.try_get("key_sensitive")?,
                     refused: refusal(r)?,
@@ -977,6 +1037,7 @@ impl Progress {
                 ranges_done: 0,
                 verify_checked: 0,
                 owners: Vec::new(),
+                verifier: None,
                 batch_size: None,
                 key_sensitive: false,
                 refused: refusal(r)?,

@@ -44,7 +44,7 @@ pub enum JobState {
     Running,
     /// A live daemon holds it, but the throttle keeps it from writing (see `held_by`).
     Held,
-    /// Running in the progress table, but no live daemon holds any of its ranges.
+    /// Running in the progress table, but no live daemon holds any of its ranges or verifies it.
     Orphaned,
     Paused,
     Completed,
@@ -89,7 +89,8 @@ impl JobState {
         }
         match r.state {
             State::Pending => JobState::Pending,
-            State::Running if r.owners.is_empty() => JobState::Orphaned,
+            // A live daemon holds a range, or verifies the job (every range done): not orphaned.
+            State::Running if r.owners.is_empty() && r.verifier.is_none() => JobState::Orphaned,
             State::Running if r.throttle_reason.is_some() => JobState::Held,
             State::Running => JobState::Running,
             State::Paused => JobState::Paused,
@@ -220,7 +221,11 @@ impl JobStatus {
             ranges_done: r.ranges_done,
             verify_checked_rows: (r.state == State::Running && r.ranges > 0 && r.ranges_done == r.ranges)
                 .then_some(r.verify_checked),
-            owners: r.owners.clone(),
+            owners: {
+                let mut owners = r.owners.clone();
+                owners.extend(r.verifier.clone().filter(|v| !r.owners.contains(v)));
+                owners
+            },
             last_error: r.last_error.clone(),
             steps: Vec::new(),
         }

@@ -803,8 +803,9 @@ impl Supervisor {
         }
         let (ctx, finalizing, finalized) = (self.ctx.clone(), self.finalizing.clone(), self.finalized.clone());
         let cancel = self.cancel.child_token();
+        let (owner, lease) = (self.cfg.owner.clone(), self.cfg.lease);
         tokio::spawn(async move {
-            finalize(&ctx, &job, &cancel).await;
+            finalize(&ctx, &job, &owner, lease, &cancel).await;
             finalizing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&name);
             finalized.notify_one();
         });
@@ -813,13 +814,22 @@ impl Supervisor {
 
 /// Count rows still matching `where` and mark the job completed. Idempotent across daemons; a
 /// failure is retried by a later scan.
-async fn finalize(ctx: &Context, job: &Job, cancel: &CancellationToken) {
+async fn finalize(ctx: &Context, job: &Job, owner: &str, lease: Duration, cancel: &CancellationToken) {
     let name = job.name();
     match ctx.progress.all_ranges_done(name).await {
         Ok(true) => {}
         _ => return,
     }
-    let leftover = match crate::verify::run(ctx, job, cancel).await {
+    // Verification holds no range: its own lease, renewed while it runs (chunks and throttle or
+    // schedule waits alike), tells `status` a live daemon is on it.
+    let verified = tokio::select! {
+        v = crate::verify::run(ctx, job, cancel) => v,
+        _ = renew_verify_lease(ctx, name, owner, lease) => unreachable!("renews until dropped"),
+    };
+    if let Err(e) = ctx.progress.end_verify(name, owner).await {
+        tracing::debug!(job = %name, error = %e, "could not drop the verification lease; it will expire");
+    }
+    let leftover = match verified {
         Ok(crate::verify::Verified::Done(v)) => v,
         Ok(crate::verify::Verified::Stopped) => return,
         Err(e) => {
@@ -952,6 +962,17 @@ impl<'q, O> BindAll<'q> for sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx
             self = self.bind(v);
         }
         self
+    }
+}
+
+/// Keep a verification's lease alive until dropped. Failures are only logged (at debug: the
+/// verification itself reports a database that is gone); the lease then expires.
+async fn renew_verify_lease(ctx: &Context, name: &str, owner: &str, lease: Duration) {
+    loop {
+        if let Err(e) = ctx.progress.renew_verify(name, owner, lease).await {
+            tracing::debug!(job = %name, error = %e, "could not renew the verification lease");
+        }
+        tokio::time::sleep(lease / 4).await;
     }
 }
 

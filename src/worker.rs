@@ -260,6 +260,12 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                     retry_in_ms = delay.as_millis() as u64, next_size = sizer.size(), "batch failed, will retry");
                 // Best effort: the database may be the thing that is down.
                 let _ = ctx.progress.note_error(&name, Some(&format!("retrying after {kind}: {message}"))).await;
+                // The attempt rolled back, so our range row is free now: renew the claim at once. The
+                // lease renewer skips rows locked by a batch in flight, and a batch retrying lock
+                // timeouts holds its row nearly all the time: its lease ran out while it worked.
+                if let Err(e) = ctx.progress.renew_claim(&claim).await {
+                    tracing::debug!(job = %name, error = %e, "could not renew the claim after a failed batch");
+                }
                 if sleep_or_cancel(delay, &cancel).await {
                     break RangeOutcome::Stopped;
                 }

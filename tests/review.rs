@@ -1,0 +1,203 @@
+//! Defects a reviewer found trying the daemon as a new operator: each test reproduces one through
+//! the real binary against real PostgreSQL and asserts what an operator sees.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+
+use common::daemon::{Daemon, JobsDir, cli, wait_state};
+use common::{TestDb, cluster, wait_until};
+
+const DEADLINE: Duration = Duration::from_secs(90);
+const REACT: Duration = Duration::from_secs(30);
+
+async fn database(setup: &str) -> (TestDb, PgPool) {
+    let db = cluster().await.new_database().await;
+    let pool = db.pool().await;
+    sqlx::raw_sql(AssertSqlSafe(setup.to_string())).execute(&pool).await.unwrap_or_else(|e| panic!("setup: {e}"));
+    (db, pool)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `status --json NAME`: the job's object (the command must succeed).
+fn status_json(url: &str, name: &str) -> Value {
+    let out = cli(url, &["status", "--json", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{}", text(&out)));
+    v["jobs"][0].clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn scrape(port: u16) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+/// The value of the one sample of `metric` whose labels contain every one of `labels`.
+fn sample(body: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name_labels, value) = l.rsplit_once(' ')?;
+        let (name, rest) = name_labels.split_once('{').unwrap_or((name_labels, ""));
+        (name == metric && labels.iter().all(|want| rest.contains(want))).then(|| value.parse().ok())?
+    })
+}
+
+/// Wait until `status --json` shows `state` for `name`; the job object.
+async fn wait_json_state(url: &str, name: &str, state: &str, daemon: &Daemon) -> Value {
+    let mut last = Value::Null;
+    let ok = pgbackfill::localpg::poll_until(REACT, || {
+        let out = cli(url, &["status", "--json", name]);
+        last = serde_json::from_slice::<Value>(&out.stdout).map(|v| v["jobs"][0].clone()).unwrap_or(Value::Null);
+        let done = last["state"] == state;
+        async move { done }
+    })
+    .await;
+    assert!(ok, "status never showed {state} for {name}; last: {last}\ndaemon log:\n{}", daemon.log());
+    last
+}
+
+const TABLE: &str = "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+    INSERT INTO t (id) SELECT g FROM generate_series(1, 3000) g;";
+
+fn spec(name: &str, extra: &str) -> String {
+    format!("name: {name}\ntable: t\nset:\n  n: n + 1\nwhere: n = 0\nbatch:\n  size: 1000\n{extra}")
+}
+
+/// Back to "every range done, not yet verified", as after a crash between the walk and the check.
+async fn unverify(pool: &PgPool, name: &str) {
+    sqlx::query(
+        "UPDATE pgbackfill.jobs SET state = 'running', finished_at = NULL, leftover_rows = NULL, \
+         verify_cursor = NULL, verify_checked = 0, verify_matching = 0, verify_done = false WHERE name = $1",
+    )
+    .bind(name)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+// ----- 1. orphaned only when no live daemon works the job -----
+
+#[tokio::test]
+async fn a_job_being_verified_or_held_in_verification_is_running_or_held_not_orphaned() {
+    let (db, pool) = database(TABLE).await;
+    let jobs = JobsDir::new();
+    jobs.write("v", &spec("v", ""));
+    let mut first = Daemon::start(&db.url, jobs.path(), &["--exit-when-done", "--metrics-addr", ""]);
+    assert_eq!(first.wait_exit(DEADLINE).code(), Some(0), "{}", first.log());
+    unverify(&pool, "v").await;
+
+    // The completion check cannot read the table (an exclusive lock): it retries, alive.
+    let mut locker = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--metrics-addr", &addr]);
+    wait_until(REACT, "verification chunks failing on the lock", || async {
+        daemon.log().matches("verification chunk failed").count() >= 2
+    })
+    .await;
+    let j = wait_json_state(&db.url, "v", "running", &daemon).await;
+    assert!(j["owners"].as_array().is_some_and(|o| !o.is_empty()), "{j}");
+    // Across more failed chunks (each holds the job row up to the lock timeout), still running.
+    let seen = daemon.log().matches("verification chunk failed").count();
+    wait_until(REACT, "more failed chunks", || async {
+        daemon.log().matches("verification chunk failed").count() >= seen + 2
+    })
+    .await;
+    assert_eq!(status_json(&db.url, "v")["state"], "running", "log:\n{}", daemon.log());
+    let out = cli(&db.url, &["status", "v"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("orphaned"), "{}", text(&out));
+    wait_until(REACT, "job_state running=1 in /metrics", || async {
+        sample(&scrape(port), "pgbackfill_job_state", &["job=\"v\"", "state=\"running\""]) == Some(1.0)
+    })
+    .await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut locker).await.unwrap();
+    wait_state(&pool, "v", "completed", DEADLINE, Some(&daemon)).await;
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "{}", daemon.log());
+
+    // Verification held by a closed schedule window: held, with the reason, not orphaned.
+    unverify(&pool, "v").await;
+    let opens = chrono::Utc::now() + chrono::Duration::hours(2);
+    let closes = opens + chrono::Duration::minutes(1);
+    let window = format!("{}-{}", opens.format("%H:%M"), closes.format("%H:%M"));
+    jobs.write("v", &spec("v", &format!("schedule:\n  windows: [\"{window}\"]\n")));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--metrics-addr", &addr]);
+    let j = wait_json_state(&db.url, "v", "held", &daemon).await;
+    assert!(j["held_by"].is_string(), "{j}");
+    wait_until(REACT, "job_state held=1 in /metrics", || async {
+        sample(&scrape(port), "pgbackfill_job_state", &["job=\"v\"", "state=\"held\""]) == Some(1.0)
+    })
+    .await;
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "{}", daemon.log());
+    // A clean shutdown drops the verification lease: orphaned at once, not after it expires.
+    assert_eq!(status_json(&db.url, "v")["state"], "orphaned");
+}
+
+#[tokio::test]
+async fn a_batch_retrying_lock_timeouts_keeps_its_lease() {
+    let (db, pool) = database(
+        "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO t (id) SELECT g FROM generate_series(1, 200) g;",
+    )
+    .await;
+    let mut holder = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT 1 FROM t WHERE id = 150 FOR UPDATE").execute(&mut holder).await.unwrap();
+    let jobs = JobsDir::new();
+    jobs.write(
+        "locked",
+        "name: locked\ntable: t\nset:\n  n: n + 1\nbatch:\n  size: 10\n  min_size: 1\ntimeouts:\n  lock: 1s\n",
+    );
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--lease", "2s", "--metrics-addr", ""]);
+    // Watch the range's lease across many failed attempts: it must never run out.
+    let mut shortest = f64::MAX;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let retries = daemon.log().matches("batch failed, will retry").count();
+        let left: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM lease_until - clock_timestamp())::float8 FROM pgbackfill.ranges \
+             WHERE job = 'locked' AND owner IS NOT NULL",
+        )
+        .fetch_optional(&pool)
+        .await
+        .ok()
+        .flatten();
+        if retries >= 1 {
+            shortest = shortest.min(left.unwrap_or(f64::MIN));
+        }
+        if retries >= 8 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "too few retries:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(shortest > 0.0, "the lease ran out while its owner retried ({shortest:.1}s left):\n{}", daemon.log());
+    assert_eq!(status_json(&db.url, "locked")["state"], "running");
+    sqlx::raw_sql("ROLLBACK").execute(&mut holder).await.unwrap();
+    wait_state(&pool, "locked", "completed", DEADLINE, Some(&daemon)).await;
+    daemon.terminate();
+    daemon.wait_exit(REACT);
+}
