@@ -562,7 +562,12 @@ fn owner_id() -> String {
         .unwrap_or_else(|| "pgbackfill".into());
     // 64 random bits: in Kubernetes the pid is 1 and HOSTNAME survives a container restart, so
     // only these tell a restarted daemon from its dead predecessor.
-    let suffix = format!(":{}:{:016x}", std::process::id(), rand::random::<u64>());
+    owner_from(&host, std::process::id(), rand::random::<u64>())
+}
+
+/// `host:pid:random`, short enough for the application name (see [`owner_id`]).
+fn owner_from(host: &str, pid: u32, random: u64) -> String {
+    let suffix = format!(":{pid}:{random:016x}");
     // The application name ("pgbackfill <owner>") must reach the server whole: the drain cancels
     // this daemon's own queries by it, and PostgreSQL truncates it to 63 bytes. Shorten the host
     // part, never the unique suffix.
@@ -576,3 +581,20 @@ fn owner_id() -> String {
 
 /// Every daemon connection's `application_name` is this followed by its owner id.
 const APPLICATION_PREFIX: &str = "pgbackfill ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_application_name_fits_postgresql_and_keeps_the_unique_suffix() {
+        let long_host = "pgbackfill-deployment-with-a-rather-long-name-7d9f8b6c5d-abcde";
+        for host in [long_host, "é".repeat(40).as_str(), "short"] {
+            let owner = owner_from(host, 4_194_304, u64::MAX);
+            let name = format!("{APPLICATION_PREFIX}{owner}");
+            assert!(name.len() <= 63, "{name} is {} bytes", name.len());
+            assert!(owner.ends_with(":4194304:ffffffffffffffff"), "{owner}");
+        }
+        assert_eq!(owner_from("short", 1, 255), "short:1:00000000000000ff");
+    }
+}
