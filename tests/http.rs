@@ -341,8 +341,8 @@ async fn database_down_and_back() {
     proxy.down();
 }
 
-/// A wedged loop, arranged for real: another session holds the job's row in the progress table
-/// (`SELECT … FOR UPDATE` in an open transaction), so the supervisor's next scan waits on that lock
+/// A wedged loop, arranged for real: another session holds an exclusive lock on the progress
+/// table's `jobs` in an open transaction, so the supervisor's next scan waits on that lock
 /// with no end. `/healthz` turns 503 naming the supervisor loop (while `/readyz` stays 200: the
 /// database answers), and 200 again once the lock is released.
 ///
@@ -361,7 +361,9 @@ async fn a_wedged_supervisor_loop_fails_liveness_until_it_moves_again() {
 
     let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
-    sqlx::query("SELECT 1 FROM pgbackfill.jobs WHERE name = 'wedge' FOR UPDATE").execute(&mut holder).await.unwrap();
+    // Every scan reads the jobs table (registration only writes when a spec is new or changed), so
+    // an exclusive lock on it, as a stray migration or VACUUM FULL would take, wedges the scan.
+    sqlx::query("LOCK TABLE pgbackfill.jobs IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.unwrap();
     let reason = wait_for(port, "/healthz", 503, "supervisor loop has made no progress", &daemon).await;
     assert!(!reason.contains("throttle loop"), "{reason}");
     let (code, ready) = get("127.0.0.1", port, "/readyz").await.expect("/readyz");
