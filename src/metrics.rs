@@ -320,6 +320,14 @@ impl JobMetrics {
         self.set_held(ThrottleReason::Paused, state == "paused");
     }
 
+    /// No state: the job is gone from the progress table (`pgbackfill forget`).
+    pub fn clear_state(&self) {
+        for (_, g) in &self.states {
+            g.set(0.0);
+        }
+        self.set_held(ThrottleReason::Paused, false);
+    }
+
     /// While paused: 1 for how (one of [`PAUSED_BY`]), 0 for the other; all 0 when not paused.
     pub fn set_paused(&self, by: Option<&str>) {
         debug_assert!(by.is_none_or(|b| PAUSED_BY.contains(&b)), "paused by {by:?} is not in metrics::PAUSED_BY");

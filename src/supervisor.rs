@@ -113,6 +113,8 @@ struct Supervisor {
     refused: HashMap<String, (String, String)>,
     /// Jobs accepted since start-up: any earlier refusal of theirs has been cleared.
     accepted: HashSet<String>,
+    /// The spec file each loaded job came from: a job running here whose file is gone is stopped.
+    files: HashMap<String, std::path::PathBuf>,
     /// The progress schema is in place (start-up preparation succeeded).
     prepared: bool,
     /// Until then: growing waits between attempts (the database may take a while to come up).
@@ -180,6 +182,7 @@ pub async fn run(
         steps: Default::default(),
         refused: HashMap::new(),
         accepted: HashSet::new(),
+        files: HashMap::new(),
         prepared: false,
         prepare_backoff: crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         prepare_wait: Duration::ZERO,
@@ -495,13 +498,25 @@ impl Supervisor {
     }
 
     async fn worker_finished(&mut self, name: &str, outcome: RangeOutcome) {
+        let mut last = false;
         if let Some(a) = self.active.get_mut(name) {
             a.workers = a.workers.saturating_sub(1);
             if a.workers == 0 {
                 self.active.remove(name);
+                last = true;
             }
         }
         self.publish_workers();
+        // No worker left here: the state is what the table says now (another daemon's, orphaned,
+        // paused …), not the `running` this daemon published while it worked the job. A job that
+        // is gone from the table (`pgbackfill forget`) has no state.
+        if last && outcome != RangeOutcome::Done {
+            match tokio::time::timeout(RELEASE_WAIT, self.ctx.progress.job(name)).await {
+                Ok(Ok(Some(row))) => publish_state(name, JobState::of(&row)),
+                Ok(Ok(None)) => JobMetrics::new(name).clear_state(),
+                _ => publish_state(name, JobState::Orphaned),
+            }
+        }
         if outcome == RangeOutcome::Done {
             let job = self.resolved.get(name).cloned();
             if let Some(job) = job {
@@ -522,8 +537,12 @@ impl Supervisor {
         let mut ended: BTreeMap<String, State> = BTreeMap::new();
         let mut open = 0usize;
         let mut refused = 0usize;
+        let here: HashSet<String> = report.jobs.iter().map(|j| j.spec.name.clone()).collect();
+        self.stop_removed(&here);
+        self.clear_forgotten(&here).await;
         for loaded in report.jobs {
             let name = loaded.spec.name.clone();
+            self.files.insert(name.clone(), loaded.path.clone());
             let considered = self.consider(loaded.spec).await;
             self.cfg.heartbeat.beat();
             match considered {
@@ -581,6 +600,49 @@ impl Supervisor {
         failed.sort();
         failed.dedup();
         Some(if failed.is_empty() { Outcome::AllCompleted } else { Outcome::NotAllCompleted { failed } })
+    }
+
+    /// A job running here whose spec file is gone (not merely unparsable: its name is unknown then)
+    /// is stopped here: its workers finish their batch in flight and release their ranges. Its
+    /// progress stays; restoring the file resumes it, `pgbackfill forget` removes it.
+    fn stop_removed(&mut self, loaded: &HashSet<String>) {
+        let removed: Vec<String> = self
+            .active
+            .keys()
+            .filter(|name| !loaded.contains(*name))
+            .filter(|name| self.files.get(*name).is_none_or(|f| !f.exists()))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(active) = self.active.get(&name)
+                && !active.cancel.is_cancelled()
+            {
+                active.cancel.cancel();
+                let file = self.files.get(&name).map_or(String::new(), |f| format!(" ({})", f.display()));
+                tracing::warn!(
+                    job = %name,
+                    "spec file removed{file}: job stopped here (progress kept; resume by restoring the file, or `pgbackfill forget`)"
+                );
+            }
+            self.resolved.remove(&name);
+        }
+    }
+
+    /// A job whose spec file is gone and that no worker here runs: once it is gone from the progress
+    /// table too (`pgbackfill forget`), it has no state any more (its `orphaned` would alert forever).
+    async fn clear_forgotten(&mut self, loaded: &HashSet<String>) {
+        let gone: Vec<String> = self
+            .files
+            .keys()
+            .filter(|name| !loaded.contains(*name) && !self.active.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Ok(None) = self.ctx.progress.job(&name).await {
+                JobMetrics::new(&name).clear_state();
+                self.files.remove(&name);
+            }
+        }
     }
 
     fn publish_workers(&self) {
@@ -888,6 +950,9 @@ fn publish_job(job: &Job, row: &JobRow) {
     job.metrics.set_state(status.state.as_str());
     job.metrics.set_progress(status.percent.map(|p| p / 100.0), status.eta_seconds);
 }
+
+/// Bound on reading a job's row when its last worker here ends (the database may be down).
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Only the state: this daemon's view of a job (see [`JobState`]).
 fn publish_state(job: &str, state: JobState) {

@@ -20,6 +20,7 @@ use crate::retry::{self, Backoff, Disposition};
 use crate::schedule::Schedule;
 use crate::sizer::Sizer;
 use crate::spec::JobSpec;
+use crate::status::JobState;
 use crate::throttle::{self, Decision, Gate, Measurements};
 
 /// A job ready to run: spec, catalog resolution and generated SQL, shared by its range workers.
@@ -259,12 +260,19 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                 tracing::warn!(job = %name, range = claim.range_no, error = %message, kind, attempt = backoff.attempts(),
                     retry_in_ms = delay.as_millis() as u64, next_size = sizer.size(), "batch failed, will retry");
                 // Best effort: the database may be the thing that is down.
-                let _ = ctx.progress.note_error(&name, Some(&format!("retrying after {kind}: {message}"))).await;
+                // Bounded, like the renewal below: with the database gone each would wait out the
+                // pool's acquire timeout, keeping the worker from its throttle gate (which says so).
+                let note = format!("retrying after {kind}: {message}");
+                let _ = tokio::time::timeout(RELEASE_TIMEOUT, ctx.progress.note_error(&name, Some(&note))).await;
                 // The attempt rolled back, so our range row is free now: renew the claim at once. The
                 // lease renewer skips rows locked by a batch in flight, and a batch retrying lock
                 // timeouts holds its row nearly all the time: its lease ran out while it worked.
-                if let Err(e) = ctx.progress.renew_claim(&claim).await {
-                    tracing::debug!(job = %name, error = %e, "could not renew the claim after a failed batch");
+                match tokio::time::timeout(RELEASE_TIMEOUT, ctx.progress.renew_claim(&claim)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(job = %name, error = %e, "could not renew the claim after a failed batch")
+                    }
+                    Err(_) => tracing::debug!(job = %name, "no answer renewing the claim after a failed batch"),
                 }
                 if sleep_or_cancel(delay, &cancel).await {
                     break RangeOutcome::Stopped;
@@ -467,6 +475,9 @@ async fn wait_for_gate(
                         tracing::info!(job = name, "throttle lifted");
                     }
                     clock.flush(ctx, job, None).await;
+                    // Back to work (the supervisor may not have been able to say so: the database
+                    // may have been what held the job).
+                    job.metrics.set_state(JobState::Running.as_str());
                 }
                 job.metrics.set_throttle(None, scale);
                 return Some(scale);
@@ -480,6 +491,9 @@ async fn wait_for_gate(
                         tracing::warn!(job = name, reason = %reason, "throttled: not writing");
                     }
                     job.metrics.set_throttle(Some(kind), 0.0);
+                    // Held, in the state metric too: when the database is what is down (lag
+                    // unknown) the supervisor cannot read or publish the job's state.
+                    job.metrics.set_state(JobState::Held.as_str());
                     clock.signal = Some(signal);
                     clock.flush(ctx, job, Some(&reason)).await;
                 } else if clock.last_flush.is_some_and(|t| t.elapsed() >= THROTTLE_FLUSH_INTERVAL) {

@@ -201,3 +201,86 @@ async fn a_batch_retrying_lock_timeouts_keeps_its_lease() {
     daemon.terminate();
     daemon.wait_exit(REACT);
 }
+
+/// 3000 rows, 10 a batch, 100 ms apart: slow enough to act on while it runs.
+fn slow(name: &str) -> String {
+    format!(
+        "name: {name}\ntable: t\nset:\n  n: n + 1\nwhere: n = 0\nbatch:\n  size: 10\n  min_size: 1\n  pause: 100ms\n"
+    )
+}
+
+async fn wait_metric(port: u16, labels: &[&str], value: f64, daemon: &Daemon) {
+    let ok = pgbackfill::localpg::poll_until(REACT, || {
+        let got = sample(&scrape(port), "pgbackfill_job_state", labels);
+        async move { got == Some(value) }
+    })
+    .await;
+    assert!(ok, "pgbackfill_job_state{labels:?} never {value}:\n{}\nlog:\n{}", scrape(port), daemon.log());
+}
+
+// ----- 2. the state metric follows what the daemon does -----
+
+#[tokio::test]
+async fn the_state_metric_says_held_while_the_database_is_unreachable() {
+    let (db, _pool) = database(TABLE).await;
+    let c = cluster().await;
+    let mut proxy = common::proxy::Proxy::start(c.primary_port()).await;
+    let jobs = JobsDir::new();
+    jobs.write("j", &slow("down"));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&proxy.url(&db.url), jobs.path(), &["--metrics-addr", &addr]);
+    wait_metric(port, &["job=\"down\"", "state=\"running\""], 1.0, &daemon).await;
+    proxy.down();
+    let ok = pgbackfill::localpg::poll_until(REACT, || {
+        let got = sample(&scrape(port), "pgbackfill_throttled", &["job=\"down\"", "reason=\"unknown\""]);
+        async move { got == Some(1.0) }
+    })
+    .await;
+    assert!(ok, "never throttled for unknown lag:\n{}", daemon.log());
+    wait_metric(port, &["job=\"down\"", "state=\"held\""], 1.0, &daemon).await;
+    wait_metric(port, &["job=\"down\"", "state=\"running\""], 0.0, &daemon).await;
+    proxy.up().await;
+    wait_metric(port, &["job=\"down\"", "state=\"running\""], 1.0, &daemon).await;
+    proxy.down();
+}
+
+#[tokio::test]
+async fn removing_the_spec_file_stops_the_job_here_and_forget_clears_its_state() {
+    let (db, pool) = database(TABLE).await;
+    let jobs = JobsDir::new();
+    jobs.write("j", &slow("gone"));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--metrics-addr", &addr]);
+    wait_metric(port, &["job=\"gone\"", "state=\"running\""], 1.0, &daemon).await;
+    jobs.remove("j");
+    wait_until(REACT, "the removal logged", || async { daemon.log().contains("spec file removed") }).await;
+    assert!(daemon.log().contains("resume by restoring the file, or `pgbackfill forget`"), "{}", daemon.log());
+    wait_metric(port, &["job=\"gone\"", "state=\"orphaned\""], 1.0, &daemon).await;
+    wait_until(REACT, "its ranges released", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pgbackfill.ranges WHERE job = 'gone' AND owner IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .is_ok_and(|n| n == 0)
+    })
+    .await;
+    // No more rows change: the cursor stays put across the daemon's next scans.
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM t WHERE n = 1").fetch_one(&pool).await.unwrap();
+    common::daemon::daemon_ticks(&pool, 3, REACT).await;
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM t WHERE n = 1").fetch_one(&pool).await.unwrap();
+    assert_eq!(before, after, "rows changed after the spec file was removed:\n{}", daemon.log());
+    assert_eq!(status_json(&db.url, "gone")["state"], "orphaned");
+    assert_eq!(sample(&scrape(port), "pgbackfill_active_workers", &[]), Some(0.0));
+
+    let out = cli(&db.url, &["forget", "gone", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_metric(port, &["job=\"gone\"", "state=\"orphaned\""], 0.0, &daemon).await;
+    let body = scrape(port);
+    for s in pgbackfill::status::JobState::ALL {
+        let v = sample(&body, "pgbackfill_job_state", &["job=\"gone\"", &format!("state=\"{s}\"")]);
+        assert_ne!(v, Some(1.0), "{s} after forget:\n{body}");
+    }
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "{}", daemon.log());
+}
