@@ -117,7 +117,10 @@ pub async fn run(opts: DemoOptions, metrics: PrometheusHandle, cancel: Cancellat
 }
 
 fn say(line: &str) {
-    println!("{line}");
+    use std::io::Write;
+    // A reader that went away (`demo | head`) must not panic the demo mid-way: it still stops
+    // both servers and removes its directory.
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Everything between a running cluster and cleaning it up.

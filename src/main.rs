@@ -197,6 +197,37 @@ struct RunArgs {
     metrics_addr: String,
 }
 
+/// `print!` for the commands' output: a reader that goes away (`status | head -1`) ends the
+/// command quietly with 0, as with other Unix tools. Rust ignores SIGPIPE, so `print!` would panic
+/// instead ("failed printing to stdout"); restoring SIGPIPE is no option, since a database
+/// connection closed by the server would then kill the process.
+macro_rules! out {
+    ($($arg:tt)*) => { write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` for the commands' output (see [`out!`]).
+macro_rules! outln {
+    () => { write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// The reader of our output went away (`| head`): not an error.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo tells its own story on stdout; the engine's log lines would only interleave with it
@@ -212,6 +243,7 @@ fn main() -> ExitCode {
     };
     let code = match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", pgbackfill::error::report(&e));
             ExitCode::from(2)
@@ -255,13 +287,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 bail!("{}", no_specs(&paths));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 for p in &report.problems {
-                    println!("{p}");
+                    outln!("{p}");
                 }
                 for w in &report.warnings {
-                    println!("{w}");
+                    outln!("{w}");
                 }
                 for ok in &report.ok {
                     let mut line = format!("ok: {} ({})", ok.name, ok.file.display());
@@ -271,17 +303,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     for n in &ok.notes {
                         line.push_str(&format!("; {n}"));
                     }
-                    println!("{line}");
+                    outln!("{line}");
                 }
                 if !report.online {
-                    println!("(offline: set DATABASE_URL to also check tables, columns, keys and SQL)");
+                    outln!("(offline: set DATABASE_URL to also check tables, columns, keys and SQL)");
                 }
-                println!("{} problem(s), {} valid job(s)", report.problems.len(), report.ok.len());
+                outln!("{} problem(s), {} valid job(s)", report.problems.len(), report.ok.len());
             }
             Ok(if report.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&spec::JobSpec::json_schema())?);
+            outln!("{}", serde_json::to_string_pretty(&spec::JobSpec::json_schema())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { db: database, json, watch, name } => {
@@ -291,17 +323,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             let report = status::report(&pool, &progress, name.as_deref()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", render(&report.jobs));
-                print!("{}", render_replication(&report.replication));
+                out!("{}", render(&report.jobs));
+                out!("{}", render_replication(&report.replication));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { db: database } => {
             let (_, progress) = connect(&database, "pgbackfill migrate").await?;
             progress.migrate().await?;
-            println!("progress schema `{}` is up to date", progress.schema_name());
+            outln!("progress schema `{}` is up to date", progress.schema_name());
             Ok(ExitCode::SUCCESS)
         }
         Command::Pause(a) => control(a, Action::Pause).await,
@@ -315,7 +347,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             progress.reset(&a.name).await?;
-            println!("{}: progress forgotten; it starts over on the next daemon scan", a.name);
+            outln!("{}: progress forgotten; it starts over on the next daemon scan", a.name);
             Ok(ExitCode::SUCCESS)
         }
         Command::Forget(a) => {
@@ -326,7 +358,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             progress.reset(&a.name).await?;
-            println!("{}: removed from the progress table", a.name);
+            outln!("{}: removed from the progress table", a.name);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(args).await,
@@ -458,7 +490,7 @@ async fn confirm(verb: &str, a: &ConfirmArgs, progress: &Progress, what: &str) -
 async fn control(a: ControlArgs, action: Action) -> anyhow::Result<ExitCode> {
     let (_, progress) = connect_progress(&a.db, "pgbackfill control").await?;
     let state = progress.transition(&a.name, action).await?;
-    println!("{}: {state}", a.name);
+    outln!("{}: {state}", a.name);
     Ok(ExitCode::SUCCESS)
 }
 

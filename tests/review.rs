@@ -284,3 +284,49 @@ async fn removing_the_spec_file_stops_the_job_here_and_forget_clears_its_state()
     daemon.terminate();
     assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "{}", daemon.log());
 }
+
+// ----- 3. output into a closed pipe -----
+
+/// Run a command whose stdout is a pipe nobody reads any more (`| head -1` after its first line):
+/// the first write fails with EPIPE. Deterministic: the read end is closed before the start.
+fn into_closed_pipe(url: &str, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = std::process::Command::new(common::daemon::bin())
+        .args(args)
+        .env("DATABASE_URL", url)
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pgbackfill");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait().expect("wait");
+    Output { status, stdout: Vec::new(), stderr: err.into_bytes() }
+}
+
+#[tokio::test]
+async fn printing_into_a_closed_pipe_ends_quietly_with_0() {
+    let (db, _pool) = database(TABLE).await;
+    let jobs = JobsDir::new();
+    jobs.write("j", &spec("piped", ""));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done", "--metrics-addr", ""]);
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "{}", daemon.log());
+    let dir = jobs.path().to_str().unwrap().to_string();
+    for args in [
+        vec!["status", "--json"],
+        vec!["status"],
+        vec!["status", "piped"],
+        vec!["schema"],
+        vec!["check", &dir],
+        vec!["check", "--json", &dir],
+        vec!["migrate"],
+    ] {
+        let out = into_closed_pipe(&db.url, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        assert!(out.stderr.is_empty(), "{args:?} says nothing: {}", text(&out));
+    }
+}
