@@ -153,8 +153,8 @@ async fn a_job_being_verified_or_held_in_verification_is_running_or_held_not_orp
     .await;
     daemon.terminate();
     assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "{}", daemon.log());
-    // A clean shutdown drops the verification lease: orphaned at once, not after it expires.
-    assert_eq!(status_json(&db.url, "v")["state"], "orphaned");
+    // No daemon left: orphaned once the verification lease is dropped (or has expired).
+    wait_json_state(&db.url, "v", "orphaned", &daemon).await;
 }
 
 #[tokio::test]
