@@ -273,6 +273,11 @@ fn init_logging(format: &str, default_filter: &str) {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { paths, db: database, json, allow_empty } => {
+            // A path that is not there is a usage error (exit 2, as `run` and an empty directory),
+            // not a finding about a spec (exit 1).
+            if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+                bail!("{} does not exist: check the path", missing.display());
+            }
             let pool = match database.url()? {
                 Some(url) => {
                     let pool = db::pool(&url, "pgbackfill check", 2).await.context("connecting to the database")?;

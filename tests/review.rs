@@ -330,3 +330,16 @@ async fn printing_into_a_closed_pipe_ends_quietly_with_0() {
         assert!(out.stderr.is_empty(), "{args:?} says nothing: {}", text(&out));
     }
 }
+
+// ----- 6. check on a path that does not exist -----
+
+#[test]
+fn check_of_a_path_that_does_not_exist_is_a_usage_error() {
+    let out = common::daemon::cli_offline(&["check", "/nonexistent/path"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/path does not exist"), "{}", text(&out));
+    // The same with a path that exists among the arguments.
+    let jobs = JobsDir::new();
+    let out = common::daemon::cli_offline(&["check", jobs.path().to_str().unwrap(), "/nonexistent/path"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
