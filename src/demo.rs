@@ -197,6 +197,7 @@ async fn demo(
         Some(Outcome::NotAllCompleted { failed }) => {
             return Err(DemoError::Failed(format!("the job ended without completing: {}", failed.join(", "))));
         }
+        Some(Outcome::Fatal(why)) => return Err(DemoError::Failed(why)),
     }
     let job_time = job_started.elapsed();
 

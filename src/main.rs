@@ -587,6 +587,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::from(1)
         }
         Outcome::Interrupted => ExitCode::from(130),
+        Outcome::Fatal(why) => {
+            tracing::error!("{why}");
+            ExitCode::from(2)
+        }
     })
 }
 

@@ -545,6 +545,35 @@ impl Progress {
         Ok(true)
     }
 
+    /// What the daemon needs on the progress schema and the connected role lacks, as GRANT
+    /// phrases (`INSERT, UPDATE on pgbackfill.refusals`); empty when it has everything.
+    pub async fn missing_privileges(&self) -> Result<Vec<String>, ProgressError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(self.sql(
+            "SELECT t.name, string_agg(p.privilege, ', ' ORDER BY p.ord) \
+             FROM unnest(ARRAY['jobs', 'ranges', 'steps', 'refusals', 'standbys']) AS t(name) \
+             CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) WITH ORDINALITY AS p(privilege, ord) \
+             WHERE to_regclass($1 || '.' || quote_ident(t.name)) IS NOT NULL \
+               AND NOT has_table_privilege(to_regclass($1 || '.' || quote_ident(t.name)), p.privilege) \
+             GROUP BY t.name ORDER BY t.name",
+        ))
+        .bind(&self.schema)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut missing: Vec<String> =
+            rows.into_iter().map(|(table, privileges)| format!("{privileges} on {}.{table}", self.schema)).collect();
+        let seq: Option<bool> = sqlx::query_scalar(self.sql(
+            "SELECT has_sequence_privilege(to_regclass($1 || '.epochs'), 'USAGE') \
+             WHERE to_regclass($1 || '.epochs') IS NOT NULL",
+        ))
+        .bind(&self.schema)
+        .fetch_optional(&self.pool)
+        .await?;
+        if seq == Some(false) {
+            missing.push(format!("USAGE on sequence {}.epochs", self.schema));
+        }
+        Ok(missing)
+    }
+
     /// Claim a range nobody holds (or whose holder's lease expired). The epoch increments on
     /// every change of hands, which fences off the previous holder's in-flight batch.
     pub async fn claim(&self, job: &str, owner: &str, lease: Duration) -> Result<Option<Claim>, ProgressError> {

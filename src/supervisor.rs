@@ -77,6 +77,8 @@ pub enum Outcome {
     /// `exit_when_done`: every job ended, some not cleanly completed (failed, cancelled, invalid
     /// spec, or completed with rows still matching `where`).
     NotAllCompleted { failed: Vec<String> },
+    /// The daemon cannot work here (its role lacks privileges on the progress schema): why.
+    Fatal(String),
     /// A second shutdown signal: returned at once, without waiting for batches in flight (they
     /// roll back when the process exits).
     Interrupted,
@@ -321,6 +323,25 @@ impl Supervisor {
                 self.prepare_wait = self.prepare_backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = self.prepare_wait.as_millis() as u64, "cannot prepare the progress table yet; retrying");
                 return None;
+            }
+            // A role that may read but not write the progress tables (the README's viewer role)
+            // would run forever, failing every write: say so at once instead.
+            match self.ctx.progress.missing_privileges().await {
+                Ok(missing) if !missing.is_empty() => {
+                    return Some(Outcome::Fatal(format!(
+                        "the daemon's role lacks privileges on the progress schema `{}`: {} (grant them, \
+                         see README \"Three roles\", daemon: deploy/sql/grants.sql or grants-precreated-schema.sql; \
+                         a viewer or operator role cannot run the daemon)",
+                        self.ctx.progress.schema_name(),
+                        missing.join("; ")
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.prepare_wait = self.prepare_backoff.next_delay();
+                    tracing::warn!(error = %e, "cannot check the privileges on the progress table yet; retrying");
+                    return None;
+                }
             }
             self.prepared = true;
         }
@@ -660,7 +681,12 @@ impl Supervisor {
             Ok(()) => {
                 self.refused.insert(name.to_string(), (reason.to_string(), file.to_string()));
             }
-            Err(e) => tracing::warn!(job = %name, error = %e, "could not record the refusal; will retry"),
+            // Once per job and error: it is retried every scan (twice a second, for ever).
+            Err(e) => {
+                if self.reported.insert(format!("could not record the refusal of {name}: {e}")) {
+                    tracing::warn!(job = %name, error = %e, "could not record the refusal; will retry (logged once)")
+                }
+            }
         }
     }
 

@@ -343,3 +343,33 @@ fn check_of_a_path_that_does_not_exist_is_a_usage_error() {
     let out = common::daemon::cli_offline(&["check", jobs.path().to_str().unwrap(), "/nonexistent/path"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+// ----- 4. a daemon whose role cannot write the progress tables -----
+
+#[tokio::test]
+async fn a_daemon_that_cannot_write_the_progress_tables_fails_at_start_naming_the_grant() {
+    let (db, pool) = database(TABLE).await;
+    assert!(cli(&db.url, &["migrate"]).status.success());
+    // A viewer as README makes it (a role name of this test's own: roles are cluster-wide).
+    let role = format!("viewer_{}", db.name);
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE ROLE \"{role}\" LOGIN IN ROLE pg_monitor; GRANT USAGE ON SCHEMA pgbackfill TO \"{role}\"; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA pgbackfill TO \"{role}\"; GRANT SELECT, UPDATE ON t TO \"{role}\""
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(url, db.url);
+    let jobs = JobsDir::new();
+    jobs.write("j", &spec("viewer", ""));
+    let mut daemon = Daemon::start(&url, jobs.path(), &["--metrics-addr", ""]);
+    let status = daemon.wait_exit(REACT);
+    let log = daemon.log();
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))).execute(&pool).await.ok();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("lacks privileges on the progress schema"), "{log}");
+    assert!(log.contains("INSERT, UPDATE, DELETE on \"pgbackfill\".jobs;"), "{log}");
+    assert!(log.contains("deploy/sql/grants.sql"), "{log}");
+    assert!(!log.contains("could not record the refusal"), "{log}");
+}
