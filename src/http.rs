@@ -114,15 +114,45 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let expected = crate::progress::expected_version();
     let not_ready =
         |reason: String| (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response();
-    match tokio::time::timeout(READY_TIMEOUT, s.progress.schema_version()).await {
-        Err(_) => not_ready(format!("the database did not answer within {}s", READY_TIMEOUT.as_secs())),
-        Ok(Err(e)) => not_ready(e.to_string()),
-        Ok(Ok(None)) => not_ready(format!("no progress schema yet (expected version {expected})")),
-        Ok(Ok(Some(v))) if v < expected => {
+    match with_cause(&s.pool, READY_TIMEOUT, s.progress.schema_version()).await {
+        Err(cause) => not_ready(cause),
+        Ok(None) => not_ready(format!("no progress schema yet (expected version {expected})")),
+        Ok(Some(v)) if v < expected => {
             not_ready(format!("progress schema at version {v}, this build needs {expected} (migrations pending)"))
         }
-        Ok(Ok(Some(v))) => {
+        Ok(Some(v)) => {
             (StatusCode::OK, format!("ready: database answers, progress schema at version {v}\n")).into_response()
+        }
+    }
+}
+
+/// Run `query` within `limit`; `Err` with why the database cannot be used instead, as the CLI
+/// says it (`cannot connect to host:port/db as user: Connection refused`, never the password).
+/// Through the pool alone an unreachable database shows only as a timeout, after the pool's
+/// acquire timeout: so when the pool has no idle connection, a direct connection attempt races
+/// the query and answers at once when it fails; and a query that fails or times out gets the
+/// same attempt to name its cause.
+async fn with_cause<T, E, F>(pool: &PgPool, limit: Duration, query: F) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let cause = || async {
+        match tokio::time::timeout(READY_TIMEOUT, crate::db::check_pool(pool)).await {
+            Ok(Err(e)) => Some(crate::error::chain(&e)),
+            _ => None,
+        }
+    };
+    let probe = async { if pool.num_idle() == 0 { cause().await } else { std::future::pending().await } };
+    let answer = tokio::select! {
+        answer = tokio::time::timeout(limit, query) => answer,
+        Some(cause) = probe => return Err(cause),
+    };
+    match answer {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(cause().await.unwrap_or_else(|| e.to_string())),
+        Err(_) => {
+            Err(cause().await.unwrap_or_else(|| format!("the database did not answer within {}s", limit.as_secs())))
         }
     }
 }
@@ -133,10 +163,9 @@ async fn status(State(s): State<AppState>) -> Response {
         (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
     };
     let error = |message: String| json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "error": message }));
-    match tokio::time::timeout(STATUS_TIMEOUT, crate::status::report(&s.pool, &s.progress, None)).await {
-        Err(_) => error(format!("the database did not answer within {}s", STATUS_TIMEOUT.as_secs())),
-        Ok(Err(e)) => error(e.to_string()),
-        Ok(Ok(report)) => match serde_json::to_value(&report) {
+    match with_cause(&s.pool, STATUS_TIMEOUT, crate::status::report(&s.pool, &s.progress, None)).await {
+        Err(cause) => error(cause),
+        Ok(report) => match serde_json::to_value(&report) {
             Ok(v) => json(StatusCode::OK, &v),
             Err(e) => error(format!("cannot serialize the status: {e}")),
         },

@@ -373,3 +373,36 @@ async fn a_daemon_that_cannot_write_the_progress_tables_fails_at_start_naming_th
     assert!(log.contains("deploy/sql/grants.sql"), "{log}");
     assert!(!log.contains("could not record the refusal"), "{log}");
 }
+
+// ----- 5. the HTTP endpoints name why the database cannot be used -----
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn readyz_and_status_name_a_refused_connection_at_once() {
+    let jobs = JobsDir::new();
+    jobs.write("j", &spec("nowhere", ""));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = "postgres://pgbackfill:s3cret-pw@127.0.0.1:1/demo";
+    let daemon = Daemon::start(url, jobs.path(), &["--metrics-addr", &addr]);
+    wait_until(REACT, "the HTTP server", || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() }).await;
+    for path in ["/readyz", "/status"] {
+        let asked = std::time::Instant::now();
+        let (code, body) = get(port, path);
+        let took = asked.elapsed();
+        assert_eq!(code, 503, "{path}: {body}\n{}", daemon.log());
+        assert!(body.contains("cannot connect to 127.0.0.1:1/demo as pgbackfill"), "{path}: {body}");
+        assert!(body.contains("refused"), "{path}: {body}");
+        assert!(!body.contains("s3cret"), "{path}: {body}");
+        assert!(took < Duration::from_secs(2), "{path} took {took:?}: {body}");
+    }
+}
