@@ -370,6 +370,14 @@ async fn main() {
     );
     println!("- sizes: BENCH_ROWS={rows}, BENCH_REPS={reps}, BENCH_FLAT_ROWS={flat_rows}");
 
+    // The sections most sensitive to other load on the machine (throughput, application impact)
+    // run last.
+    if want("throttle") {
+        throttle_reaction(&env).await;
+    }
+    if want("flat") {
+        flatness(&env, flat_rows).await;
+    }
     let mut durations: BTreeMap<String, f64> = BTreeMap::new();
     let mut peak_rss: u64 = 0;
     if want("throughput") || want("app") || want("cost") {
@@ -377,22 +385,16 @@ async fn main() {
         seed(&env.pool, "template", rows).await;
         exec(&env.pool, "VACUUM ANALYZE template").await;
     }
+    if want("cost") {
+        batch_cost(&env).await;
+    }
     if want("throughput") {
         let (d, rss) = throughput(&env, rows, reps).await;
         durations = d;
         peak_rss = rss;
     }
-    if want("cost") {
-        batch_cost(&env).await;
-    }
     if want("app") {
         app_impact(&env, rows, &durations).await;
-    }
-    if want("throttle") {
-        throttle_reaction(&env).await;
-    }
-    if want("flat") {
-        flatness(&env, flat_rows).await;
     }
     if want("footprint") {
         footprint(&env, peak_rss).await;
