@@ -576,8 +576,9 @@ async fn batch_cost(env: &Env) {
     let commit = start.elapsed().as_secs_f64() / 100.0 * 1e3;
     println!(
         "\nFixed costs per batch: a round trip takes {rtt:.3} ms; a one-row write transaction (its commit \
-         waits for the WAL flush) {commit:.2} ms. pgbackfill's batch makes 8 round trips (BEGIN, SET \
-         LOCAL, claim check, lag read, the batch statement, lock-waiter check, cursor advance, COMMIT)."
+         waits for the WAL flush) {commit:.2} ms. pgbackfill's batch makes 7 round trips (BEGIN with \
+         its SET LOCALs, claim check, lag read, the batch statement, lock-waiter check, cursor advance, \
+         COMMIT)."
     );
     drop(conn);
     exec(&env.pool, "DROP TABLE cost").await;
