@@ -232,7 +232,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo tells its own story on stdout; the engine's log lines would only interleave with it
     // (PGBACKFILL_LOG still turns them on).
-    let default_filter = if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info,sqlx=warn" };
+    // The other commands print what they have to say themselves; only the daemon narrates. Log
+    // lines of the engine (a "shutdown requested" on Ctrl-C) or of the pool ("slow acquire") in
+    // the middle of `status --watch` or a table of `status` would only be noise.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "error",
+        Command::Run(_) => "info,sqlx=warn",
+        _ => "warn,sqlx=off",
+    };
     init_logging(&cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

@@ -553,7 +553,7 @@ impl Supervisor {
         let mut invalid: Vec<String> = Vec::new();
         for p in &report.problems {
             self.report_once(format!("invalid spec: {p}"));
-            invalid.push(p.file.display().to_string());
+            invalid.push(format!("{} (invalid)", p.file.display()));
         }
         let mut ended: BTreeMap<String, State> = BTreeMap::new();
         let mut open = 0usize;
@@ -575,7 +575,7 @@ impl Supervisor {
                     self.report_once(format!("job `{name}` ({}): refused: {message}", loaded.path.display()));
                     self.record_refusal(&name, &loaded.path.display().to_string(), &message).await;
                     refused += 1;
-                    invalid.push(name);
+                    invalid.push(format!("{name} (refused: {message})"));
                 }
             }
         }
@@ -617,7 +617,7 @@ impl Supervisor {
         if let Ok(steps) = self.ctx.progress.steps(None).await {
             failed.extend(crate::steps::failed(&steps));
         }
-        failed.extend(invalid.into_iter().map(|n| format!("{n} (invalid)")));
+        failed.extend(invalid);
         failed.sort();
         failed.dedup();
         Some(if failed.is_empty() { Outcome::AllCompleted } else { Outcome::NotAllCompleted { failed } })

@@ -406,3 +406,62 @@ async fn readyz_and_status_name_a_refused_connection_at_once() {
         assert!(took < Duration::from_secs(2), "{path} took {took:?}: {body}");
     }
 }
+
+// ----- --exit-when-done names a refused job as refused, with why -----
+
+#[tokio::test]
+async fn exit_when_done_names_a_refused_job_as_refused_and_why() {
+    let (db, pool) = database(TABLE).await;
+    let role = format!("{}_ro", db.name);
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE ROLE \"{role}\" LOGIN IN ROLE pg_monitor; GRANT SELECT ON t TO \"{role}\"; \
+         GRANT CREATE ON DATABASE \"{}\" TO \"{role}\"",
+        db.name
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let jobs = JobsDir::new();
+    jobs.write("job", &spec("nogrant", ""));
+    let mut daemon = Daemon::start(&url, jobs.path(), &["--metrics-addr", "", "--exit-when-done"]);
+    assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(1), "{}", daemon.log());
+    let log = daemon.log();
+    let summary = log.lines().find(|l| l.contains("not all completed")).unwrap_or_default().to_string();
+    assert!(summary.contains("nogrant (refused: ") && summary.contains("UPDATE"), "{summary}\n{log}");
+    assert!(!summary.contains("(invalid)"), "{summary}");
+}
+
+// ----- status --watch: the live view only, no log lines -----
+
+#[tokio::test]
+async fn status_watch_shows_no_log_lines_and_ctrl_c_ends_it_quietly() {
+    let (db, _pool) = database(TABLE).await;
+    assert!(cli(&db.url, &["migrate"]).status.success());
+    let mut child = std::process::Command::new(common::daemon::bin())
+        .args(["status", "--watch"])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("PGBACKFILL_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pgbackfill");
+    // The first frame, then Ctrl-C.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = [0u8; 64];
+    let n = stdout.read(&mut first).expect("a frame");
+    assert!(String::from_utf8_lossy(&first[..n]).contains("pgbackfill status --watch"));
+    let killed = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(killed.success());
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert!(err.is_empty(), "log lines in the live view: {err}");
+    assert!(!rest.contains("INFO"), "{rest}");
+}
