@@ -10,7 +10,7 @@
 //!
 //! Environment: `BENCH_ROWS` (throughput and application-impact tables, default 1,000,000),
 //! `BENCH_REPS` (repetitions of the throughput table, default 3), `BENCH_FLAT_ROWS` (flatness,
-//! default 10,000,000), `BENCH_ONLY` (comma-separated: throughput, app, throttle, flat, footprint),
+//! default 10,000,000), `BENCH_ONLY` (comma-separated: cost, index, throughput, app, throttle, flat, footprint),
 //! `BENCH_OUT` (where the SVG charts go, default `benchmarks/`), `BENCH_LOG_DIR` (keep each
 //! pgbackfill run's log there).
 //!
@@ -112,9 +112,9 @@ fn methods() -> Vec<Method> {
 #[derive(Debug, Clone, Default)]
 struct Run {
     secs: f64,
-    /// pgbackfill only: peak RSS (KiB) and per-batch `(rows, ms)` from its log.
+    /// pgbackfill only: peak RSS (KiB) and per-batch `(rows, ms, waiters)` from its log.
     peak_rss_kib: Option<u64>,
-    batches: Vec<(f64, f64)>,
+    batches: Vec<(f64, f64, f64)>,
 }
 
 async fn run_method(env: &Env, method: &Method, table: &str) -> Run {
@@ -188,7 +188,7 @@ struct Daemon {
 struct Finished {
     secs: f64,
     peak_rss_kib: u64,
-    batches: Vec<(f64, f64)>,
+    batches: Vec<(f64, f64, f64)>,
 }
 
 impl Daemon {
@@ -255,14 +255,14 @@ impl Drop for Daemon {
     }
 }
 
-/// `(rows scanned, ms)` of every committed batch, from the daemon's debug log.
-fn batches_from_log(log: &str) -> Vec<(f64, f64)> {
+/// `(rows scanned, ms, waiters)` of every committed batch, from the daemon's debug log.
+fn batches_from_log(log: &str) -> Vec<(f64, f64, f64)> {
     let field = |l: &str, key: &str| -> Option<f64> {
         l.split(key).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
     };
     log.lines()
         .filter(|l| l.contains("batch committed"))
-        .filter_map(|l| Some((field(l, " scanned=")?, field(l, " ms=")?)))
+        .filter_map(|l| Some((field(l, " scanned=")?, field(l, " ms=")?, field(l, " waiters=")?)))
         .collect()
 }
 
@@ -294,13 +294,23 @@ impl Env {
     /// A fresh copy of `template` named `table`: same rows in the same order, primary key, a
     /// secondary index, vacuumed and analyzed, replayed on the standby, checkpointed.
     async fn copy(&self, template: &str, table: &str) {
+        self.copy_with(template, table, true).await;
+    }
+
+    /// [`Self::copy`], with or without the secondary index.
+    async fn copy_with(&self, template: &str, table: &str, secondary_index: bool) {
+        let index = if secondary_index {
+            format!("CREATE INDEX {table}_customer ON {table} (customer_id);")
+        } else {
+            String::new()
+        };
         exec(
             &self.pool,
             &format!(
                 "DROP TABLE IF EXISTS {table};
                  CREATE TABLE {table} AS SELECT * FROM {template} ORDER BY id;
                  ALTER TABLE {table} ADD PRIMARY KEY (id);
-                 CREATE INDEX ON {table} (customer_id);"
+                 {index}"
             ),
         )
         .await;
@@ -380,13 +390,16 @@ async fn main() {
     }
     let mut durations: BTreeMap<String, f64> = BTreeMap::new();
     let mut peak_rss: u64 = 0;
-    if want("throughput") || want("app") || want("cost") {
+    if want("throughput") || want("app") || want("cost") || want("index") {
         eprintln!("seeding the template table with {rows} rows…");
         seed(&env.pool, "template", rows).await;
         exec(&env.pool, "VACUUM ANALYZE template").await;
     }
     if want("cost") {
         batch_cost(&env).await;
+    }
+    if want("index") {
+        secondary_index(&env, rows, reps).await;
     }
     if want("throughput") {
         let (d, rss) = throughput(&env, rows, reps).await;
@@ -427,6 +440,8 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
     let mut secs: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
     let mut peak = 0u64;
     let mut per_batch: Vec<String> = Vec::new();
+    let mut index_mb: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
+    warm_up(env).await;
     for rep in 0..reps {
         for k in 0..ms.len() {
             let i = (k + rep) % ms.len();
@@ -455,6 +470,7 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
                 ));
             }
             secs[i].push(run.secs);
+            index_mb[i].push(index_size_mb(env, &format!("{table}_customer")).await);
             exec(&env.pool, &format!("DROP TABLE {table}")).await;
         }
     }
@@ -463,8 +479,10 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
         "{rows} rows, fresh identical copies, methods alternated, {reps} repetition(s). Ratio: the single \
          statement's time over the method's, within each repetition; the table shows the median.\n"
     );
-    let mut header = "| method | median s | median rows/s | median ratio | ratios per repetition |".to_string();
-    header.push_str("\n|---|---|---|---|---|");
+    let mut header =
+        "| method | median s | median rows/s | median ratio | ratios per repetition | secondary index after, MB |"
+            .to_string();
+    header.push_str("\n|---|---|---|---|---|---|");
     println!("{header}");
     let mut durations = BTreeMap::new();
     let mut chart: Vec<(String, f64)> = Vec::new();
@@ -473,12 +491,13 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
         let med = median(&secs[i]);
         let ratio = median(&ratios);
         println!(
-            "| {} | {:.2} | {:.0} | {:.2} | {} |",
+            "| {} | {:.2} | {:.0} | {:.2} | {} | {:.1} |",
             m.label(),
             med,
             rows as f64 / med,
             ratio,
-            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ")
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
+            median(&index_mb[i])
         );
         durations.insert(m.label(), med);
         chart.push((m.short(), ratio));
@@ -498,6 +517,81 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
         Some(1.0),
     );
     (durations, peak)
+}
+
+/// The first write-heavy run on a fresh cluster creates its WAL segment files; later runs recycle
+/// them. Measured: the first single statement of a run took 10.6 s, the next ones 6.1–6.8 s. One
+/// discarded run first, so that no method pays for it.
+async fn warm_up(env: &Env) {
+    env.copy("template", "warm_up").await;
+    exec(&env.pool, "UPDATE warm_up SET channel = 'web' WHERE channel IS NULL").await;
+    exec(&env.pool, "DROP TABLE warm_up").await;
+}
+
+async fn index_size_mb(env: &Env, index: &str) -> f64 {
+    sqlx::query_scalar::<_, i64>("SELECT pg_relation_size(to_regclass($1))")
+        .bind(index)
+        .fetch_one(&env.pool)
+        .await
+        .map_or(f64::NAN, |b| b as f64 / 1048576.0)
+}
+
+// ----- 1a. the secondary index -----
+
+/// Why batches cost more per row than the single statement on this table: the same methods on
+/// copies with and without the secondary index. When a batch commits, the old versions of its
+/// rows are dead to everyone; later batches that insert into the same leaf pages of the
+/// secondary index (customer ids repeat every 50,000 rows) make PostgreSQL delete those entries as
+/// it goes (bottom-up index deletion, PostgreSQL 14+), which costs the inserting backend CPU
+/// and keeps the index small. The single statement's old versions stay alive until it commits,
+/// so its leaf pages split instead.
+async fn secondary_index(env: &Env, rows: usize, reps: usize) {
+    let ms = [
+        Method::Single,
+        Method::DoLoop,
+        Method::Pgbackfill { label: "pgbackfill c=1, 10k-row batches", concurrency: 1, batch: "{size: 10000}" },
+    ];
+    // [with index?][method] -> seconds per repetition
+    let mut secs = vec![vec![Vec::new(); ms.len()]; 2];
+    let mut index_mb = vec![Vec::new(); ms.len()];
+    warm_up(env).await;
+    for rep in 0..reps {
+        for k in 0..ms.len() * 2 {
+            let (variant, i) = (((k + rep) / ms.len()) % 2, (k + rep) % ms.len());
+            let with_index = variant == 0;
+            let table = format!("ix_{rep}_{variant}_{i}");
+            env.copy_with("template", &table, with_index).await;
+            let run = run_method(env, &ms[i], &table).await;
+            eprintln!("index rep {rep}: with index {with_index}: {:<36} {:.2} s", ms[i].label(), run.secs);
+            secs[variant][i].push(run.secs);
+            if with_index {
+                index_mb[i].push(index_size_mb(env, &format!("{table}_customer")).await);
+            }
+            exec(&env.pool, &format!("DROP TABLE {table}")).await;
+        }
+    }
+    println!("\n## Where the per-row difference comes from: the secondary index\n");
+    println!(
+        "{rows} rows, the same methods on fresh copies with and without the secondary index on `customer_id` \
+         (which repeats every 50,000 rows), alternated, {reps} repetition(s); ratio to the single statement \
+         on the same kind of copy, median.\n"
+    );
+    println!(
+        "| method | with the index: median s | ratio | secondary index after, MB | without it: median s | ratio |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, m) in ms.iter().enumerate() {
+        let ratio = |v: usize| median(&(0..reps).map(|r| secs[v][0][r] / secs[v][i][r]).collect::<Vec<_>>());
+        println!(
+            "| {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
+            m.label(),
+            median(&secs[0][i]),
+            ratio(0),
+            median(&index_mb[i]),
+            median(&secs[1][i]),
+            ratio(1)
+        );
+    }
 }
 
 // ----- 1b. where a batch's time goes -----
@@ -691,7 +785,8 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
     let (capacity, _) = tokio::task::spawn_blocking(move || pg.finish(None)).await.expect("pgbench");
     let rate = (capacity * 0.3).round();
     eprintln!("pgbench capacity {capacity:.0} tps; the load runs at {rate:.0} tps");
-    let mut table: Vec<(String, Option<f64>, Latencies, bool)> = Vec::new();
+    // (method, backfill rows/s, latencies, load covered the run, pgbackfill's batches)
+    let mut table: Vec<(String, Option<f64>, Latencies, bool, String)> = Vec::new();
     let mut shorts: Vec<String> = vec!["alone".into()];
 
     // Alone.
@@ -699,7 +794,7 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
     let pg = Pgbench::start(env, "app", rows, 8, Some(rate), 15);
     let from = epoch_now() + 3.0;
     let (_, lat) = tokio::task::spawn_blocking(move || pg.finish(Some((from, f64::MAX)))).await.expect("pgbench");
-    table.push(("no backfill".into(), None, lat, true));
+    table.push(("no backfill".into(), None, lat, true, "–".into()));
     exec(&env.pool, "DROP TABLE app").await;
 
     for (i, m) in methods().into_iter().enumerate() {
@@ -718,7 +813,15 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let lat = tokio::task::spawn_blocking(move || pg.stop((from, to))).await.expect("pgbench");
         eprintln!("app impact: {:<36} {:.1} s, {:.0} rows/s", m.label(), run.secs, rows as f64 / run.secs);
-        table.push((m.label(), Some(rows as f64 / run.secs), lat, covered));
+        let batches = if run.batches.is_empty() {
+            "–".to_string()
+        } else {
+            let rows_per: Vec<f64> = run.batches.iter().map(|b| b.0).collect();
+            let ms_per: Vec<f64> = run.batches.iter().map(|b| b.1).collect();
+            let waited = run.batches.iter().filter(|b| b.2 > 0.0).count();
+            format!("{} / {:.0} rows / {:.0} ms / {waited}", run.batches.len(), median(&rows_per), median(&ms_per))
+        };
+        table.push((m.label(), Some(rows as f64 / run.secs), lat, covered, batches));
         shorts.push(m.short());
         exec(&env.pool, &format!("DROP TABLE {t}")).await;
     }
@@ -731,17 +834,17 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
          that started while the method ran.\n"
     );
     println!(
-        "| method | backfill rows/s | vs its speed without load | SELECT p50 | SELECT p99 | SELECT max | UPDATE p50 | UPDATE p99 | UPDATE max | p99 vs alone |"
+        "| method | backfill rows/s | vs its speed without load | SELECT p50 | SELECT p99 | SELECT max | UPDATE p50 | UPDATE p99 | UPDATE max | p99 vs alone | batches / median rows / median ms / with a waiter |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let alone_p99 = pct(&[table[0].2.by_script[0].clone(), table[0].2.by_script[1].clone()].concat(), 0.99);
     let mut chart = Vec::new();
-    for ((label, rps, lat, covered), short) in table.iter().zip(&shorts) {
+    for ((label, rps, lat, covered, batches), short) in table.iter().zip(&shorts) {
         let all = [lat.by_script[0].clone(), lat.by_script[1].clone()].concat();
         let (s, u) = (&lat.by_script[0], &lat.by_script[1]);
         let unloaded = durations.get(label).map(|secs| rows as f64 / secs);
         println!(
-            "| {label}{} | {} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1}× |",
+            "| {label}{} | {} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1}× | {batches} |",
             if *covered { "" } else { " (load ended first)" },
             rps.map_or("–".into(), |r| format!("{r:.0}")),
             match (rps, unloaded) {
