@@ -437,13 +437,16 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
     let mut peak = 0u64;
     let mut per_batch: Vec<String> = Vec::new();
     let mut index_mb: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
+    let mut busy: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
     warm_up(env).await;
     for rep in 0..reps {
         for k in 0..ms.len() {
             let i = (k + rep) % ms.len();
             let table = format!("tp_{rep}_{i}");
             env.copy("template", &table).await;
+            let cpu0 = machine_cpu();
             let run = run_method(env, &ms[i], &table).await;
+            busy[i].push(machine_busy(cpu0, machine_cpu()));
             let left = scalar_i64(&env.pool, &format!("SELECT count(*) FROM {table} WHERE channel IS NULL")).await;
             assert_eq!(left, 0, "{} left rows behind", ms[i].label());
             eprintln!("rep {rep}: {:<36} {:>7.2} s {:>9.0} rows/s", ms[i].label(), run.secs, rows as f64 / run.secs);
@@ -476,9 +479,9 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
          statement's time over the method's, within each repetition; the table shows the median.\n"
     );
     let mut header =
-        "| method | median s | median rows/s | median ratio | ratios per repetition | secondary index after, MB |"
+        "| method | median s | median rows/s | median ratio | ratios per repetition | secondary index after, MB | CPU busy (all cores) |"
             .to_string();
-    header.push_str("\n|---|---|---|---|---|---|");
+    header.push_str("\n|---|---|---|---|---|---|---|");
     println!("{header}");
     let mut durations = BTreeMap::new();
     let mut chart: Vec<(String, f64)> = Vec::new();
@@ -487,13 +490,14 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
         let med = median(&secs[i]);
         let ratio = median(&ratios);
         println!(
-            "| {} | {:.2} | {:.0} | {:.2} | {} | {:.1} |",
+            "| {} | {:.2} | {:.0} | {:.2} | {} | {:.1} | {:.0}% |",
             m.label(),
             med,
             rows as f64 / med,
             ratio,
             ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
-            median(&index_mb[i])
+            median(&index_mb[i]),
+            median(&busy[i]) * 100.0
         );
         durations.insert(m.label(), med);
         chart.push((m.short(), ratio));
@@ -522,6 +526,22 @@ async fn warm_up(env: &Env) {
     env.copy("template", "warm_up").await;
     exec(&env.pool, "UPDATE warm_up SET channel = 'web' WHERE channel IS NULL").await;
     exec(&env.pool, "DROP TABLE warm_up").await;
+}
+
+/// `(busy, total)` jiffies of all cores, from /proc/stat.
+fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else { return (0, 0) };
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle and iowait are not busy.
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Share of all cores' time that was busy between two [`machine_cpu`] readings.
+fn machine_busy(a: (u64, u64), b: (u64, u64)) -> f64 {
+    (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64
 }
 
 async fn index_size_mb(env: &Env, index: &str) -> f64 {
