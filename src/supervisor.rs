@@ -132,6 +132,10 @@ struct Supervisor {
     pause_logged: HashMap<String, Option<String>>,
     /// The last pass left work undone on a transient error: retry soon, not a scan interval later.
     unsettled: bool,
+    /// What this daemon last registered per job: (fingerprint, spec as stored). While a job's spec
+    /// and its row's fingerprint are unchanged, the scan's one read of every job row stands in for
+    /// registering it again (two reads per job per scan: most of an idle daemon's queries).
+    registered: HashMap<String, (String, serde_json::Value)>,
 }
 
 /// How often preparation, unrecorded pauses and passes that hit a transient error are retried,
@@ -192,6 +196,7 @@ pub async fn run(
         to_resume: BTreeSet::new(),
         pause_logged: HashMap::new(),
         unsettled: false,
+        registered: HashMap::new(),
     };
     let stop = sup.run(&mut commands, &cancel).await;
     sup.cfg.heartbeat.finished();
@@ -561,10 +566,15 @@ impl Supervisor {
         let here: HashSet<String> = report.jobs.iter().map(|j| j.spec.name.clone()).collect();
         self.stop_removed(&here);
         self.clear_forgotten(&here).await;
+        // Every job's row in one read (when it fails, each job registers, and reports, itself).
+        let mut rows: HashMap<String, JobRow> = match self.ctx.progress.jobs().await {
+            Ok(rows) => rows.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            Err(_) => HashMap::new(),
+        };
         for loaded in report.jobs {
             let name = loaded.spec.name.clone();
             self.files.insert(name.clone(), loaded.path.clone());
-            let considered = self.consider(loaded.spec).await;
+            let considered = self.consider(loaded.spec, rows.remove(&name)).await;
             self.cfg.heartbeat.beat();
             match considered {
                 Ok(Some(state)) if state.is_terminal() => {
@@ -710,8 +720,9 @@ impl Supervisor {
         }
     }
 
-    /// Bring one job forward: resolve, register, plan, claim. Returns its state.
-    async fn consider(&mut self, spec: JobSpec) -> Result<Option<State>, String> {
+    /// Bring one job forward: resolve, register, plan, claim. Returns its state. `known`: the job's
+    /// row as this scan read it, if it has one.
+    async fn consider(&mut self, spec: JobSpec, known: Option<JobRow>) -> Result<Option<State>, String> {
         let name = spec.name.clone();
         // Every series of the job exists from the moment it is loaded, before any batch.
         if self.declared.insert(name.clone()) {
@@ -747,18 +758,32 @@ impl Supervisor {
                 }
             },
         };
-        let row = match self
-            .ctx
-            .progress
-            .register(
-                &name,
-                &job.resolved.fingerprint,
-                &job.resolved.meaning,
-                &spec_json(&job.spec),
-                job.resolved.estimated_rows,
-            )
-            .await
-        {
+        let stored = spec_json(&job.spec);
+        let unchanged = known.filter(|row| {
+            row.fingerprint == job.resolved.fingerprint
+                && self.registered.get(&name).is_some_and(|(fp, spec)| *fp == row.fingerprint && *spec == stored)
+        });
+        let registered = match unchanged {
+            Some(row) => Ok(row),
+            None => {
+                let registered = self
+                    .ctx
+                    .progress
+                    .register(
+                        &name,
+                        &job.resolved.fingerprint,
+                        &job.resolved.meaning,
+                        &stored,
+                        job.resolved.estimated_rows,
+                    )
+                    .await;
+                if registered.is_ok() {
+                    self.registered.insert(name.clone(), (job.resolved.fingerprint.clone(), stored));
+                }
+                registered
+            }
+        };
+        let row = match registered {
             Ok(row) => {
                 publish_job(&job, &row);
                 self.publish_pause(&job, &row);
