@@ -11,6 +11,7 @@
 //! Environment: `BENCH_ROWS` (throughput and application-impact tables, default 1,000,000),
 //! `BENCH_REPS` (repetitions of the throughput table, default 3), `BENCH_FLAT_ROWS` (flatness,
 //! default 10,000,000), `BENCH_ONLY` (comma-separated: cost, index, throughput, app, throttle, flat, footprint),
+//! `BENCH_METHODS` (comma-separated parts of method labels: only those, and the single statement),
 //! `BENCH_OUT` (where the SVG charts go, default `benchmarks/`), `BENCH_LOG_DIR` (keep each
 //! pgbackfill run's log there).
 //!
@@ -91,7 +92,18 @@ impl Method {
     }
 }
 
+/// The methods compared; `BENCH_METHODS` (comma-separated parts of their labels) keeps some of
+/// them, and always the single statement, which the ratios are to.
 fn methods() -> Vec<Method> {
+    let keep = std::env::var("BENCH_METHODS").unwrap_or_default();
+    let mut all = all_methods();
+    if !keep.is_empty() {
+        all.retain(|m| matches!(m, Method::Single) || keep.split(',').any(|k| m.label().contains(k.trim())));
+    }
+    all
+}
+
+fn all_methods() -> Vec<Method> {
     vec![
         Method::Single,
         Method::DoLoop,
@@ -760,13 +772,19 @@ impl Pgbench {
     }
 
     /// Stop it now (SIGINT): what it logged so far is on disk, except the last few buffered lines,
-    /// which come after the window when the caller waited a little past it.
-    fn stop(self, window: (f64, f64)) -> Latencies {
+    /// which come after the windows when the caller waited a little past them. The latencies of
+    /// transactions that started in each window.
+    fn stop(self, windows: &[(f64, f64)]) -> Vec<Latencies> {
         let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
-        self.collect(Some(window), true).1
+        self.collect_windows(windows, true).1
     }
 
     fn collect(self, window: Option<(f64, f64)>, stopped: bool) -> (f64, Latencies) {
+        let (tps, mut lat) = self.collect_windows(&[window.unwrap_or((f64::MIN, f64::MAX))], stopped);
+        (tps, lat.pop().unwrap_or_default())
+    }
+
+    fn collect_windows(self, windows: &[(f64, f64)], stopped: bool) -> (f64, Vec<Latencies>) {
         let out = self.child.wait_with_output().expect("pgbench");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(stopped || out.status.success(), "pgbench failed: {text}{}", String::from_utf8_lossy(&out.stderr));
@@ -775,7 +793,7 @@ impl Pgbench {
             .find(|l| l.starts_with("tps"))
             .and_then(|l| l.split('=').nth(1)?.split_whitespace().next()?.parse().ok())
             .unwrap_or(f64::NAN);
-        let mut lat = Latencies::default();
+        let mut lat = vec![Latencies::default(); windows.len()];
         for entry in std::fs::read_dir(self.dir.path()).expect("pgbench dir").flatten() {
             if !entry.file_name().to_string_lossy().starts_with("lat") {
                 continue;
@@ -793,15 +811,22 @@ impl Pgbench {
                 };
                 // The log time is the end of the transaction; latency counts from its scheduled start.
                 let started = ep + ep_us / 1e6 - us / 1e6;
-                if window.is_some_and(|(a, b)| started < a || started > b) || script > 1 {
+                if script > 1 {
                     continue;
                 }
-                lat.by_script[script].push(us / 1000.0);
+                for (w, (a, b)) in windows.iter().enumerate() {
+                    if started >= *a && started <= *b {
+                        lat[w].by_script[script].push(us / 1000.0);
+                    }
+                }
             }
         }
         (tps, lat)
     }
 }
+
+/// Seconds of the load alone before each method (its baseline).
+const ALONE_SECS: u64 = 12;
 
 async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
     // Capacity: flat out, 4 clients, 10 s, on a fresh copy.
@@ -810,16 +835,19 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
     let (capacity, _) = tokio::task::spawn_blocking(move || pg.finish(None)).await.expect("pgbench");
     let rate = (capacity * 0.3).round();
     eprintln!("pgbench capacity {capacity:.0} tps; the load runs at {rate:.0} tps");
-    // (method, backfill rows/s, latencies, load covered the run, pgbackfill's batches)
+    // (method, backfill rows/s, latencies, load covered the run, pgbackfill's batches and CPU busy)
     let mut table: Vec<(String, Option<f64>, Latencies, bool, String)> = Vec::new();
+    // Each method's paired baseline: the load alone on its table just before it.
+    let mut baselines: Vec<Latencies> = Vec::new();
     let mut shorts: Vec<String> = vec!["alone".into()];
 
     // Alone.
     env.settle().await;
-    let pg = Pgbench::start(env, "app", rows, 8, Some(rate), 15);
+    let pg = Pgbench::start(env, "app", rows, 8, Some(rate), ALONE_SECS + 3);
     let from = epoch_now() + 3.0;
     let (_, lat) = tokio::task::spawn_blocking(move || pg.finish(Some((from, f64::MAX)))).await.expect("pgbench");
-    table.push(("no backfill".into(), None, lat, true, "–".into()));
+    baselines.push(lat.clone());
+    table.push(("no backfill".into(), None, lat, true, "– | –".into()));
     exec(&env.pool, "DROP TABLE app").await;
 
     for (i, m) in methods().into_iter().enumerate() {
@@ -828,15 +856,23 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
         // pgbench runs longer than the backfill should take; only transactions that started while
         // it ran count. Under the load it is slower than alone, hence the margin.
         let guess = durations.get(&m.label()).copied().unwrap_or(rows as f64 / 10_000.0);
-        let secs = (guess * 6.0 + 60.0) as u64;
+        let secs = (guess * 6.0 + 60.0) as u64 + ALONE_SECS;
         let pg = Pgbench::start(env, &t, rows, 8, Some(rate), secs);
+        // The same load on the same table, alone, just before: this method's own baseline (one
+        // baseline for the whole table made every ratio hang on one noisy 15 s window).
         tokio::time::sleep(Duration::from_secs(3)).await;
+        let alone_from = epoch_now();
+        tokio::time::sleep(Duration::from_secs(ALONE_SECS)).await;
         let from = epoch_now();
+        let cpu0 = machine_cpu();
         let run = run_method(env, &m, &t).await;
+        let busy = machine_busy(cpu0, machine_cpu());
         let to = epoch_now();
-        let covered = to < from - 3.0 + secs as f64;
+        let covered = to < alone_from - 3.0 + secs as f64;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let lat = tokio::task::spawn_blocking(move || pg.stop((from, to))).await.expect("pgbench");
+        let mut lat =
+            tokio::task::spawn_blocking(move || pg.stop(&[(alone_from, from), (from, to)])).await.expect("pgbench");
+        let (during, before) = (lat.pop().unwrap_or_default(), lat.pop().unwrap_or_default());
         eprintln!("app impact: {:<36} {:.1} s, {:.0} rows/s", m.label(), run.secs, rows as f64 / run.secs);
         let batches = if run.batches.is_empty() {
             "–".to_string()
@@ -846,7 +882,14 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
             let waited = run.batches.iter().filter(|b| b.2 > 0.0).count();
             format!("{} / {:.0} rows / {:.0} ms / {waited}", run.batches.len(), median(&rows_per), median(&ms_per))
         };
-        table.push((m.label(), Some(rows as f64 / run.secs), lat, covered, batches));
+        baselines.push(before);
+        table.push((
+            m.label(),
+            Some(rows as f64 / run.secs),
+            during,
+            covered,
+            format!("{batches} | {:.0}%", busy * 100.0),
+        ));
         shorts.push(m.short());
         exec(&env.pool, &format!("DROP TABLE {t}")).await;
     }
@@ -856,20 +899,23 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
         "pgbench at a fixed {rate:.0} tps (30% of the {capacity:.0} tps it reached flat out with 4 clients), 8 \
          clients, half point SELECTs and half single-row UPDATEs by id on the table being backfilled ({rows} \
          rows). Latency in ms from each transaction's scheduled start (open loop), of the transactions \
-         that started while the method ran.\n"
+         that started while the method ran. Each method's baseline is the same load on the same table during \
+         the {ALONE_SECS} s just before it started (paired); `no backfill` is a separate {ALONE_SECS} s run. CPU busy: \
+         share of both cores while the method ran.\n"
     );
     println!(
-        "| method | backfill rows/s | vs its speed without load | SELECT p50 | SELECT p99 | SELECT max | UPDATE p50 | UPDATE p99 | UPDATE max | p99 vs alone | batches / median rows / median ms / with a waiter |"
+        "| method | backfill rows/s | vs its speed without load | SELECT p50 | SELECT p99 | SELECT max | UPDATE p50 | UPDATE p99 | UPDATE max | p99 just before, alone | p99 vs alone | batches / median rows / median ms / with a waiter | CPU busy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let alone_p99 = pct(&[table[0].2.by_script[0].clone(), table[0].2.by_script[1].clone()].concat(), 0.99);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let p99 = |lat: &Latencies| pct(&[lat.by_script[0].clone(), lat.by_script[1].clone()].concat(), 0.99);
     let mut chart = Vec::new();
-    for ((label, rps, lat, covered, batches), short) in table.iter().zip(&shorts) {
+    for (((label, rps, lat, covered, batches), short), baseline) in table.iter().zip(&shorts).zip(&baselines) {
+        let alone_p99 = p99(baseline);
         let all = [lat.by_script[0].clone(), lat.by_script[1].clone()].concat();
         let (s, u) = (&lat.by_script[0], &lat.by_script[1]);
         let unloaded = durations.get(label).map(|secs| rows as f64 / secs);
         println!(
-            "| {label}{} | {} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {:.1}× | {batches} |",
+            "| {label}{} | {} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {alone_p99:.2} | {:.1}× | {batches} |",
             if *covered { "" } else { " (load ended first)" },
             rps.map_or("–".into(), |r| format!("{r:.0}")),
             match (rps, unloaded) {
