@@ -60,6 +60,15 @@ pub struct Statements {
     pub verify_first: String,
     /// One verification chunk after a cursor: binds `cursor..., upper..., limit`.
     pub verify_next: String,
+    /// One verification chunk over the heap blocks `[from, to)`, read with a TID Range Scan:
+    /// binds `'(from,0)', '(to,0)', upper...`. Returns the rows with a key up to `upper` and how
+    /// many of them still match `where`.
+    pub verify_blocks: String,
+    /// The same from block `from` to the end of the table, whatever its size by then: binds
+    /// `'(from,0)', upper...`.
+    pub verify_blocks_to_end: String,
+    /// The table's main fork in blocks now (NULL if the table is gone): no binds.
+    pub relation_blocks: String,
     /// Keys below `upper` in order, for choosing range boundaries: binds `upper..., limit`.
     /// `{sample}` is replaced by a TABLESAMPLE clause or nothing.
     pub ordered_keys: String,
@@ -185,6 +194,36 @@ impl Target {
         )
     }
 
+    /// A verification chunk over a range of heap blocks: the rows with a key up to the upper bound,
+    /// and how many of them still match `where`.
+    ///
+    /// The only conditions the scan can use are on `ctid`, so it is a TID Range Scan that reads the
+    /// chunk's pages once, in order. The key bound sits behind a CASE for the same reason as the
+    /// UPDATE's `where` (see [`Self::where_clause`]): a plain comparison would let the planner walk
+    /// the key index instead, the very walk this statement replaces.
+    fn verify_block_chunk(&self, to_end: bool) -> String {
+        let tid = "CAST($1::text AS pg_catalog.tid)";
+        let (to, upper_param) = if to_end {
+            (String::new(), self.params(2))
+        } else {
+            ("\n  AND ctid OPERATOR(pg_catalog.<) CAST($2::text AS pg_catalog.tid)".to_string(), self.params(3))
+        };
+        let matches = match &self.where_ {
+            Some(w) => format!("CASE WHEN ({w}) THEN 1 ELSE 0 END"),
+            None => "0".to_string(),
+        };
+        format!(
+            "SELECT count(*) AS scanned,\n\
+             \x20      coalesce(sum({matches}), 0)::int8 AS matching\n\
+             FROM {table}\n\
+             WHERE ctid OPERATOR(pg_catalog.>=) {tid}{to}\n\
+             \x20 AND CASE WHEN {row} {le} {upper_param} THEN true ELSE false END",
+            table = self.table.quoted(),
+            row = self.row(),
+            le = self.op("<="),
+        )
+    }
+
     /// Generate every statement of the job.
     pub fn statements(&self) -> Statements {
         let n = self.key.len();
@@ -212,6 +251,16 @@ impl Target {
             ),
             verify_first: self.verify_chunk(false),
             verify_next: self.verify_chunk(true),
+            verify_blocks: self.verify_block_chunk(false),
+            verify_blocks_to_end: self.verify_block_chunk(true),
+            // The name as a string literal (standard_conforming_strings is pinned on, see `db`),
+            // resolved by to_regclass at each execution: a table dropped and created again under
+            // the same name is measured, not the oid a cached plan would hold.
+            relation_blocks: format!(
+                "SELECT pg_catalog.pg_relation_size(pg_catalog.to_regclass('{}')) \
+                 / pg_catalog.current_setting('block_size')::int8",
+                table.replace('\'', "''")
+            ),
             ordered_keys: format!(
                 "SELECT {} FROM {table}{{sample}} WHERE {row} {} {} ORDER BY {} LIMIT ${}",
                 self.key_as_text_array(),
@@ -328,9 +377,73 @@ SELECT (SELECT count(*) FROM slice) AS scanned,
     }
 
     #[test]
+    fn golden_verify_blocks() {
+        let s = orders().statements();
+        assert_eq!(
+            s.verify_blocks,
+            r#"SELECT count(*) AS scanned,
+       coalesce(sum(CASE WHEN (fulfillment_channel IS NULL) THEN 1 ELSE 0 END), 0)::int8 AS matching
+FROM "public"."orders"
+WHERE ctid OPERATOR(pg_catalog.>=) CAST($1::text AS pg_catalog.tid)
+  AND ctid OPERATOR(pg_catalog.<) CAST($2::text AS pg_catalog.tid)
+  AND CASE WHEN ("id") OPERATOR("pg_catalog".<=) (CAST($3::text AS bigint)) THEN true ELSE false END"#
+        );
+        assert_eq!(
+            s.verify_blocks_to_end,
+            r#"SELECT count(*) AS scanned,
+       coalesce(sum(CASE WHEN (fulfillment_channel IS NULL) THEN 1 ELSE 0 END), 0)::int8 AS matching
+FROM "public"."orders"
+WHERE ctid OPERATOR(pg_catalog.>=) CAST($1::text AS pg_catalog.tid)
+  AND CASE WHEN ("id") OPERATOR("pg_catalog".<=) (CAST($2::text AS bigint)) THEN true ELSE false END"#
+        );
+        assert_eq!(
+            s.relation_blocks,
+            r#"SELECT pg_catalog.pg_relation_size(pg_catalog.to_regclass('"public"."orders"')) / pg_catalog.current_setting('block_size')::int8"#
+        );
+    }
+
+    #[test]
+    fn golden_verify_blocks_composite_key_quoted_table() {
+        let t = Target {
+            table: QualifiedName { schema: Some("sales".into()), name: "Bob's \"Items\"".into() },
+            key: vec![
+                KeyColumn { name: "order_id".into(), sql_type: "uuid".into() },
+                KeyColumn { name: "line_no".into(), sql_type: "integer".into() },
+            ],
+            set: BTreeMap::from([("total".to_string(), "qty * price".to_string())]),
+            where_: Some("total IS NULL".into()),
+            operator_schema: "pg_catalog".into(),
+        };
+        let s = t.statements();
+        assert_eq!(
+            s.verify_blocks,
+            r#"SELECT count(*) AS scanned,
+       coalesce(sum(CASE WHEN (total IS NULL) THEN 1 ELSE 0 END), 0)::int8 AS matching
+FROM "sales"."Bob's ""Items"""
+WHERE ctid OPERATOR(pg_catalog.>=) CAST($1::text AS pg_catalog.tid)
+  AND ctid OPERATOR(pg_catalog.<) CAST($2::text AS pg_catalog.tid)
+  AND CASE WHEN ("order_id", "line_no") OPERATOR("pg_catalog".<=) (CAST($3::text AS uuid), CAST($4::text AS integer)) THEN true ELSE false END"#
+        );
+        assert_eq!(
+            s.relation_blocks,
+            r#"SELECT pg_catalog.pg_relation_size(pg_catalog.to_regclass('"sales"."Bob''s ""Items"""')) / pg_catalog.current_setting('block_size')::int8"#
+        );
+    }
+
+    #[test]
     fn no_statement_uses_offset() {
         let s = orders().statements();
-        for sql in [&s.first_batch, &s.next_batch, &s.max_key, &s.leftover_after, &s.ordered_keys] {
+        for sql in [
+            &s.first_batch,
+            &s.next_batch,
+            &s.max_key,
+            &s.leftover_after,
+            &s.ordered_keys,
+            &s.verify_first,
+            &s.verify_next,
+            &s.verify_blocks,
+            &s.verify_blocks_to_end,
+        ] {
             assert!(!sql.to_uppercase().contains("OFFSET"), "{sql}");
         }
     }
@@ -426,6 +539,45 @@ pub async fn verify_chunk(
     }
     let (scanned, matching, cursor) = query.bind(limit).fetch_one(conn).await?;
     Ok(VerifyChunk { scanned, matching, cursor })
+}
+
+/// The table's size in blocks now; `None` when the table is gone.
+pub async fn relation_blocks(
+    conn: &mut sqlx::PgConnection,
+    statements: &Statements,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(statements.relation_blocks.as_str())).fetch_one(conn).await
+}
+
+/// What one verification chunk over heap blocks found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockChunk {
+    /// Rows in the blocks with a key up to the upper bound.
+    pub scanned: i64,
+    /// Those of them still matching `where`.
+    pub matching: i64,
+}
+
+/// Run one verification chunk over the heap blocks `[from, to)` (`to` `None`: to the end of the
+/// table), counting the rows with a key up to `upper`.
+pub async fn verify_blocks(
+    conn: &mut sqlx::PgConnection,
+    statements: &Statements,
+    from: i64,
+    to: Option<i64>,
+    upper: &KeyValue,
+) -> Result<BlockChunk, sqlx::Error> {
+    let sql = if to.is_some() { &statements.verify_blocks } else { &statements.verify_blocks_to_end };
+    let tid = |block: i64| format!("({block},0)");
+    let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql.as_str())).bind(tid(from));
+    if let Some(to) = to {
+        query = query.bind(tid(to));
+    }
+    for v in upper {
+        query = query.bind(v);
+    }
+    let (scanned, matching) = query.fetch_one(conn).await?;
+    Ok(BlockChunk { scanned, matching })
 }
 
 /// Bind a key value's parts, then run a count statement.
