@@ -306,3 +306,35 @@ pub fn meaning_of(target: &Target) -> serde_json::Value {
         "where": target.where_,
     })
 }
+
+/// What the completion check needs to know about a table before it starts (see `verify`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyFacts {
+    /// The server's `server_version_num`.
+    pub server_version_num: i32,
+    /// `r` plain table, `p` partitioned.
+    pub relkind: String,
+    /// `pg_class.relpages` and `reltuples` (0 and -1 before the first VACUUM or ANALYZE): the
+    /// table's density as last measured.
+    pub pages: i64,
+    pub tuples: f64,
+}
+
+/// Read [`VerifyFacts`] from the catalog alone: no lock on the table, so a lock held on it (a
+/// migration's ACCESS EXCLUSIVE) holds up the first chunk, under the job's timeouts, not this.
+/// `None` when the table is gone.
+pub async fn verify_facts(conn: &mut PgConnection, table: &QualifiedName) -> Result<Option<VerifyFacts>, DbError> {
+    let row: Option<(i32, String, i64, f64)> = sqlx::query_as(
+        "SELECT current_setting('server_version_num')::int4, c.relkind::text, c.relpages::int8, c.reltuples::float8 \
+         FROM pg_class c WHERE c.oid = to_regclass($1)",
+    )
+    .bind(table.quoted())
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(server_version_num, relkind, pages, tuples)| VerifyFacts {
+        server_version_num,
+        relkind,
+        pages,
+        tuples,
+    }))
+}

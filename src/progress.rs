@@ -165,6 +165,16 @@ ALTER TABLE {schema}.jobs
     ADD COLUMN verify_lease_until timestamptz;
 "#,
     ),
+    (
+        9,
+        // Verification of a plain table walks heap blocks, not keys (see `verify`): its cursor is
+        // the next block to count. At most one of `verify_cursor` (key walk) and `verify_block`
+        // is set; a verification resumes in the walk it started with.
+        r#"
+ALTER TABLE {schema}.jobs
+    ADD COLUMN verify_block bigint;
+"#,
+    ),
 ];
 
 #[derive(Debug, Error)]
@@ -340,11 +350,21 @@ pub struct Locked {
     pub done: bool,
 }
 
+/// Where a job's verification stands: what its last chunk ended on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyCursor {
+    /// The largest key counted so far (a walk in key order).
+    Key(KeyValue),
+    /// The first heap block not counted yet (a walk in block order).
+    Block(i64),
+}
+
 /// A job's verification, locked for one chunk ([`Progress::lock_verify`]).
 #[derive(Debug, Clone)]
 pub struct VerifyLocked {
     pub job_state: State,
-    pub cursor: Option<KeyValue>,
+    /// `None`: nothing counted yet.
+    pub cursor: Option<VerifyCursor>,
     /// Rows found still matching `where` so far.
     pub matching: i64,
     pub done: bool,
@@ -722,47 +742,68 @@ impl Progress {
         Ok(open == 0)
     }
 
-    /// running → completed, storing the verification count. Idempotent across daemons.
     /// Lock the job's row for one verification chunk and read where verification stands. Chunks
     /// of any daemons serialize on this lock, so each row is counted once. `FOR NO KEY UPDATE`
     /// leaves the range rows' foreign-key checks alone.
     pub async fn lock_verify(&self, tx: &mut Tx<'_>, name: &str) -> Result<Option<VerifyLocked>, ProgressError> {
-        type Row = (String, Option<Vec<String>>, i64, bool);
+        type Row = (String, Option<Vec<String>>, Option<i64>, i64, bool);
         let row: Option<Row> = sqlx::query_as(self.sql(
-            "SELECT state, verify_cursor, verify_matching, verify_done FROM {schema}.jobs WHERE name = $1 \
-             FOR NO KEY UPDATE",
+            "SELECT state, verify_cursor, verify_block, verify_matching, verify_done FROM {schema}.jobs \
+             WHERE name = $1 FOR NO KEY UPDATE",
         ))
         .bind(name)
         .fetch_optional(&mut **tx)
         .await?;
-        Ok(row.map(|(state, cursor, matching, done)| VerifyLocked {
+        Ok(row.map(|(state, key, block, matching, done)| VerifyLocked {
             job_state: State::parse(&state),
-            cursor,
+            cursor: block.map(VerifyCursor::Block).or(key.map(VerifyCursor::Key)),
             matching,
             done,
         }))
     }
 
     /// Advance verification by one chunk, in the chunk's transaction (after [`Self::lock_verify`]).
+    /// `cursor` `None`: the chunk found nothing to move it to (cursor unchanged).
     pub async fn advance_verify(
         &self,
         tx: &mut Tx<'_>,
         name: &str,
-        cursor: Option<&KeyValue>,
+        cursor: Option<&VerifyCursor>,
         checked: i64,
         matching: i64,
         done: bool,
     ) -> Result<(), ProgressError> {
+        let (key, block) = match cursor {
+            Some(VerifyCursor::Key(k)) => (Some(k), None),
+            Some(VerifyCursor::Block(b)) => (None, Some(*b)),
+            None => (None, None),
+        };
         sqlx::query(self.sql(
             "UPDATE {schema}.jobs SET verify_cursor = coalesce($2, verify_cursor), \
+             verify_block = coalesce($6, verify_block), \
              verify_checked = verify_checked + $3, verify_matching = verify_matching + $4, verify_done = $5, \
              updated_at = now() WHERE name = $1",
         ))
         .bind(name)
-        .bind(cursor)
+        .bind(key)
         .bind(checked)
         .bind(matching)
         .bind(done)
+        .bind(block)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Start a job's verification over, in the chunk's transaction (after [`Self::lock_verify`]):
+    /// its cursor and counts are forgotten. For a cursor the walk can no longer continue (see
+    /// `verify`), so that no row is counted twice.
+    pub async fn restart_verify(&self, tx: &mut Tx<'_>, name: &str) -> Result<(), ProgressError> {
+        sqlx::query(self.sql(
+            "UPDATE {schema}.jobs SET verify_cursor = NULL, verify_block = NULL, verify_checked = 0, \
+             verify_matching = 0, verify_done = false, updated_at = now() WHERE name = $1",
+        ))
+        .bind(name)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -821,6 +862,7 @@ impl Progress {
         .await?)
     }
 
+    /// running → completed, storing the verification count. Idempotent across daemons.
     pub async fn complete(&self, name: &str, leftover_rows: Option<i64>) -> Result<bool, ProgressError> {
         let r = sqlx::query(self.sql(
             "UPDATE {schema}.jobs SET state = 'completed', leftover_rows = $2, finished_at = now(), \

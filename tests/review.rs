@@ -87,7 +87,8 @@ fn spec(name: &str, extra: &str) -> String {
 async fn unverify(pool: &PgPool, name: &str) {
     sqlx::query(
         "UPDATE pgbackfill.jobs SET state = 'running', finished_at = NULL, leftover_rows = NULL, \
-         verify_cursor = NULL, verify_checked = 0, verify_matching = 0, verify_done = false WHERE name = $1",
+         verify_cursor = NULL, verify_block = NULL, verify_checked = 0, verify_matching = 0, verify_done = false \
+         WHERE name = $1",
     )
     .bind(name)
     .execute(pool)
