@@ -12,8 +12,8 @@
 //! `BENCH_REPS` (repetitions of the throughput table, default 3), `BENCH_FLAT_ROWS` (flatness,
 //! default 10,000,000), `BENCH_ONLY` (comma-separated: cost, index, throughput, app, throttle, flat, footprint),
 //! `BENCH_METHODS` (comma-separated parts of method labels: only those, and the single statement),
-//! `BENCH_OUT` (where the SVG charts go, default `benchmarks/`), `BENCH_LOG_DIR` (keep each
-//! pgbackfill run's log there).
+//! `BENCH_APP_REPS` (runs of the application-impact sequence, default 1), `BENCH_OUT` (where the
+//! SVG charts go, default `benchmarks/`), `BENCH_LOG_DIR` (keep each pgbackfill run's log there).
 //!
 //! Method: every run gets a fresh copy of one template table (same physical order, vacuumed and
 //! analyzed, checkpoint before), variants are alternated (the order rotates per repetition) and
@@ -23,6 +23,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "report/stalls.rs"]
+mod stalls;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -66,7 +68,8 @@ enum Method {
     /// A client loop of 1,000-row keyset batches, each its own transaction.
     ClientLoop,
     /// pgbackfill with these `batch:` settings (YAML flow mapping, or empty for the defaults).
-    Pgbackfill { label: &'static str, concurrency: usize, batch: &'static str },
+    /// `throttle`: extra `throttle:` settings (YAML flow-mapping entries), besides `max_lag: 1h`.
+    Pgbackfill { label: &'static str, concurrency: usize, batch: &'static str, throttle: &'static str },
 }
 
 impl Method {
@@ -108,14 +111,36 @@ fn all_methods() -> Vec<Method> {
         Method::Single,
         Method::DoLoop,
         Method::ClientLoop,
-        Method::Pgbackfill { label: "pgbackfill c=1, 10k-row batches", concurrency: 1, batch: "{size: 10000}" },
-        Method::Pgbackfill { label: "pgbackfill c=2, 10k-row batches", concurrency: 2, batch: "{size: 10000}" },
-        Method::Pgbackfill { label: "pgbackfill c=1, 2k-row batches", concurrency: 1, batch: "{size: 2000}" },
-        Method::Pgbackfill { label: "pgbackfill c=1, default batches", concurrency: 1, batch: "" },
+        Method::Pgbackfill {
+            label: "pgbackfill c=1, 10k-row batches",
+            concurrency: 1,
+            batch: "{size: 10000}",
+            throttle: "",
+        },
+        Method::Pgbackfill {
+            label: "pgbackfill c=2, 10k-row batches",
+            concurrency: 2,
+            batch: "{size: 10000}",
+            throttle: "",
+        },
+        Method::Pgbackfill {
+            label: "pgbackfill c=1, 2k-row batches",
+            concurrency: 1,
+            batch: "{size: 2000}",
+            throttle: "",
+        },
+        Method::Pgbackfill { label: "pgbackfill c=1, default batches", concurrency: 1, batch: "", throttle: "" },
         Method::Pgbackfill {
             label: "pgbackfill c=1, target_time 200ms",
             concurrency: 1,
             batch: "{size: 10000, target_time: 200ms}",
+            throttle: "",
+        },
+        Method::Pgbackfill {
+            label: "pgbackfill c=1, target_time 200ms, max_rate 20000",
+            concurrency: 1,
+            batch: "{size: 10000, target_time: 200ms}",
+            throttle: "max_rate: 20000",
         },
     ]
 }
@@ -127,6 +152,8 @@ struct Run {
     /// pgbackfill only: peak RSS (KiB) and per-batch `(rows, ms, waiters)` from its log.
     peak_rss_kib: Option<u64>,
     batches: Vec<(f64, f64, f64)>,
+    /// pgbackfill only: per batch, microseconds in each of [`PHASES`].
+    phases: Vec<[f64; 7]>,
 }
 
 async fn run_method(env: &Env, method: &Method, table: &str) -> Run {
@@ -177,14 +204,16 @@ async fn run_method(env: &Env, method: &Method, table: &str) -> Run {
             }
             Run { secs: start.elapsed().as_secs_f64(), ..Run::default() }
         }
-        Method::Pgbackfill { concurrency, batch, .. } => {
+        Method::Pgbackfill { concurrency, batch, throttle, .. } => {
             let batch = if batch.is_empty() { String::new() } else { format!("batch: {batch}\n") };
+            let throttle = if throttle.is_empty() { String::new() } else { format!(", {throttle}") };
             let spec = format!(
                 "name: {table}\ntable: {table}\nset:\n  channel: \"'web'\"\nwhere: channel IS NULL\n{batch}\
-                 throttle: {{max_lag: 1h}}\nconcurrency: {concurrency}\n"
+                 throttle: {{max_lag: 1h{throttle}}}\nconcurrency: {concurrency}\n"
             );
             let d = Daemon::run_to_end(&env.url, &[(table, spec.as_str())]).await;
-            Run { secs: d.secs, peak_rss_kib: Some(d.peak_rss_kib), batches: d.batches }
+            let phases = phases_from_log(&d.log);
+            Run { secs: d.secs, peak_rss_kib: Some(d.peak_rss_kib), batches: d.batches, phases }
         }
     }
 }
@@ -266,6 +295,24 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The steps of a batch the daemon's debug log times (`{step}_us`), in order.
+const PHASES: [&str; 7] = ["begin", "claim", "lag", "update", "waiters", "advance", "commit"];
+
+/// Microseconds in each of [`PHASES`], per committed batch, from the daemon's debug log.
+fn phases_from_log(log: &str) -> Vec<[f64; 7]> {
+    log.lines()
+        .filter(|l| l.contains("batch committed"))
+        .filter_map(|l| {
+            let mut out = [0.0; 7];
+            for (i, p) in PHASES.iter().enumerate() {
+                let key = format!(" {p}_us=");
+                out[i] = l.split(key.as_str()).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+            }
+            Some(out)
+        })
+        .collect()
 }
 
 /// `(rows scanned, ms, waiters)` of every committed batch, from the daemon's debug log.
@@ -445,7 +492,11 @@ fn machine() -> String {
 // ----- 1. throughput -----
 
 async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f64>, u64) {
-    let ms = methods();
+    // A rate cap is an application-impact setting: its speed is the cap.
+    let ms: Vec<Method> = methods()
+        .into_iter()
+        .filter(|m| !matches!(m, Method::Pgbackfill { throttle, .. } if throttle.contains("max_rate")))
+        .collect();
     let mut secs: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
     let mut peak = 0u64;
     let mut per_batch: Vec<String> = Vec::new();
@@ -471,12 +522,19 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
                 let rows_per = run.batches.iter().map(|b| b.0).sum::<f64>() / n;
                 let ms_per = run.batches.iter().map(|b| b.1).sum::<f64>() / n;
                 let in_batches = run.batches.iter().map(|b| b.1).sum::<f64>() / 1000.0;
+                let phases: Vec<String> = (0..PHASES.len())
+                    .map(|p| {
+                        let v: Vec<f64> = run.phases.iter().map(|b| b[p] / 1000.0).collect();
+                        format!("{:.2}", v.iter().sum::<f64>() / v.len().max(1) as f64)
+                    })
+                    .collect();
                 per_batch.push(format!(
-                    "| {} | {} | {:.0} | {:.1} | {:.2} s of {:.2} s |",
+                    "| {} | {} | {:.0} | {:.1} | {} | {:.2} s of {:.2} s |",
                     ms[i].label(),
                     run.batches.len(),
                     rows_per,
                     ms_per,
+                    phases.join(" / "),
                     in_batches,
                     run.secs
                 ));
@@ -516,9 +574,14 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
         chart.push((m.short(), ratio));
     }
     println!("\nBatches of the first repetition (from the daemon's log, summed over workers; the rest of the");
-    println!("time is start-up, the gaps between batches, verification and exit):\n");
-    println!("| method | batches | rows/batch | ms/batch | time in batches |");
-    println!("|---|---|---|---|---|");
+    println!("time is start-up, the gaps between batches, verification and exit). The steps: a pooled connection,");
+    println!("BEGIN and the SET LOCALs / locking the range row / the lag read / the batch statement / the lock-waiter");
+    println!("check / the cursor advance / COMMIT.\n");
+    println!(
+        "| method | batches | rows/batch | ms/batch | mean ms per step: {} | time in batches |",
+        PHASES.join(" / ")
+    );
+    println!("|---|---|---|---|---|---|");
     for line in per_batch {
         println!("{line}");
     }
@@ -577,8 +640,17 @@ async fn index_size_mb(env: &Env, index: &str) -> f64 {
 async fn secondary_index(env: &Env, rows: usize, reps: usize) {
     let ms = [
         Method::Single,
-        Method::Pgbackfill { label: "pgbackfill c=1, 10k-row batches", concurrency: 1, batch: "{size: 10000}" },
+        Method::Pgbackfill {
+            label: "pgbackfill c=1, 10k-row batches",
+            concurrency: 1,
+            batch: "{size: 10000}",
+            throttle: "",
+        },
     ];
+    // (index column, label). Autovacuum, which starts during a batched
+    // backfill but only after the single statement, was measured here as a variant too: with it
+    // off on the table the ratios stayed the same (0.53 against 0.57 with `customer_id`, 0.82
+    // against 0.83 with no index; 2 repetitions, 2026-12-02).
     let variants: [(Option<&str>, &str); 3] = [
         (Some("customer_id"), "on `customer_id` (repeats every 50,000 rows; the tables above)"),
         (Some("created_at"), "on `created_at` (in key order)"),
@@ -596,12 +668,7 @@ async fn secondary_index(env: &Env, rows: usize, reps: usize) {
             let table = format!("ix_{rep}_{v}_{i}");
             env.copy_with("template", &table, variants[v].0).await;
             let run = run_method(env, &ms[i], &table).await;
-            eprintln!(
-                "index rep {rep}: {:<12} {:<36} {:.2} s",
-                variants[v].0.unwrap_or("none"),
-                ms[i].label(),
-                run.secs
-            );
+            eprintln!("index rep {rep}: {:<48} {:<36} {:.2} s", variants[v].1, ms[i].label(), run.secs);
             secs[v][i].push(run.secs);
             index_mb[v][i].push(index_size_mb(env, &format!("{table}_secondary")).await);
             exec(&env.pool, &format!("DROP TABLE {table}")).await;
@@ -722,6 +789,23 @@ async fn batch_cost(env: &Env) {
 struct Latencies {
     /// Per script (0 = select, 1 = update): latencies in ms.
     by_script: [Vec<f64>; 2],
+    /// Every transaction: (scheduled start, end) in epoch seconds, and latency in ms.
+    spans: Vec<(f64, f64, f64)>,
+}
+
+impl Latencies {
+    fn p99(&self) -> f64 {
+        pct(&[self.by_script[0].clone(), self.by_script[1].clone()].concat(), 0.99)
+    }
+
+    /// The tally of the samples inside the window's slowest 1% of transactions, and of the whole window.
+    fn stalls(&self, samples: &stalls::Samples, window: (f64, f64)) -> (stalls::Tally, stalls::Tally) {
+        let p99 = self.p99();
+        let mut slow: Vec<(f64, f64)> = self.spans.iter().filter(|s| s.2 >= p99).map(|s| (s.0, s.1)).collect();
+        slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let inside = |t: f64| slow.iter().any(|(a, b)| t >= *a && t <= *b);
+        (stalls::tally(samples, inside), stalls::tally(samples, |t| t >= window.0 && t <= window.1))
+    }
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -818,6 +902,7 @@ impl Pgbench {
                 for (w, (a, b)) in windows.iter().enumerate() {
                     if started >= *a && started <= *b {
                         lat[w].by_script[script].push(us / 1000.0);
+                        lat[w].spans.push((started, ep + ep_us / 1e6, us / 1000.0));
                     }
                 }
             }
@@ -842,22 +927,40 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
     let mut baselines: Vec<Latencies> = Vec::new();
     let mut shorts: Vec<String> = vec!["alone".into()];
 
+    // What the slowest transactions waited on: (label, in the slowest 1%, whole window) per window.
+    let mut waits: Vec<(String, stalls::Tally, stalls::Tally)> = Vec::new();
+
     // Alone.
     env.settle().await;
+    let sampler = stalls::Sampler::start(&env.url, env.cluster.dir()).await;
     let pg = Pgbench::start(env, "app", rows, 8, Some(rate), ALONE_SECS + 3);
     let from = epoch_now() + 3.0;
     let (_, lat) = tokio::task::spawn_blocking(move || pg.finish(Some((from, f64::MAX)))).await.expect("pgbench");
+    let samples = sampler.finish().await;
+    let (slow, whole) = lat.stalls(&samples, (from, f64::MAX));
+    waits.push(("no backfill".into(), slow, whole));
     baselines.push(lat.clone());
     table.push(("no backfill".into(), None, lat, true, "– | –".into()));
     exec(&env.pool, "DROP TABLE app").await;
 
-    for (i, m) in methods().into_iter().enumerate() {
+    // `BENCH_APP_REPS`: the methods' sequence again, for A/B comparisons on a noisy disk.
+    let app_reps = env_usize("BENCH_APP_REPS", 1).max(1);
+    let sequence: Vec<(String, Method)> = (0..app_reps)
+        .flat_map(|rep| {
+            methods().into_iter().map(move |m| {
+                let label = if app_reps > 1 { format!("{} #{}", m.label(), rep + 1) } else { m.label() };
+                (label, m)
+            })
+        })
+        .collect();
+    for (i, (label, m)) in sequence.into_iter().enumerate() {
         let t = format!("app_{i}");
         env.copy("template", &t).await;
         // pgbench runs longer than the backfill should take; only transactions that started while
         // it ran count. Under the load it is slower than alone, hence the margin.
         let guess = durations.get(&m.label()).copied().unwrap_or(rows as f64 / 10_000.0);
         let secs = (guess * 6.0 + 60.0) as u64 + ALONE_SECS;
+        let sampler = stalls::Sampler::start(&env.url, env.cluster.dir()).await;
         let pg = Pgbench::start(env, &t, rows, 8, Some(rate), secs);
         // The same load on the same table, alone, just before: this method's own baseline (one
         // baseline for the whole table made every ratio hang on one noisy 15 s window).
@@ -874,7 +977,12 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
         let mut lat =
             tokio::task::spawn_blocking(move || pg.stop(&[(alone_from, from), (from, to)])).await.expect("pgbench");
         let (during, before) = (lat.pop().unwrap_or_default(), lat.pop().unwrap_or_default());
-        eprintln!("app impact: {:<36} {:.1} s, {:.0} rows/s", m.label(), run.secs, rows as f64 / run.secs);
+        let samples = sampler.finish().await;
+        let (slow, whole) = before.stalls(&samples, (alone_from, from));
+        waits.push((format!("{}, alone just before", label.clone()), slow, whole));
+        let (slow, whole) = during.stalls(&samples, (from, to));
+        waits.push((label.clone(), slow, whole));
+        eprintln!("app impact: {:<36} {:.1} s, {:.0} rows/s", label.clone(), run.secs, rows as f64 / run.secs);
         let batches = if run.batches.is_empty() {
             "–".to_string()
         } else {
@@ -885,7 +993,7 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
         };
         baselines.push(before);
         table.push((
-            m.label(),
+            label.clone(),
             Some(rows as f64 / run.secs),
             during,
             covered,
@@ -946,6 +1054,38 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
         alone_p99s.iter().copied().fold(0.0, f64::max)
     );
     latency_chart(&env.out.join("app-latency.svg"), &chart);
+
+    println!("\n### What the slowest transactions waited on\n");
+    println!(
+        "Sampled every {} ms from `pg_stat_activity` (the application's active sessions: on CPU (`running`) or \
+         their wait event; other processes that were not idle) and the kernel's pressure-stall counters \
+         (`/proc/pressure`: share of wall time in which some task waited for a CPU, or for I/O). `slowest 1%`: \
+         the samples taken while a transaction at or over the window's p99 was in flight; `window`: all of \
+         the window's samples.\n",
+        stalls::PERIOD.as_millis()
+    );
+    println!(
+        "| window | samples slowest 1% / window | app sessions, slowest 1% | app sessions, window | CPU pressure slowest 1% / window | I/O pressure (some) slowest 1% / window | disk probe fdatasync p99 / max ms, slowest 1% | same, window | other processes, slowest 1% |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (label, slow, whole) in &waits {
+        println!(
+            "| {label} | {} / {} | {} | {} | {:.0}% / {:.0}% | {:.0}% / {:.0}% | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
+            slow.samples,
+            whole.samples,
+            stalls::top(&slow.app, 4, 0.03),
+            stalls::top(&whole.app, 4, 0.03),
+            slow.cpu_some * 100.0,
+            whole.cpu_some * 100.0,
+            slow.io_some * 100.0,
+            whole.io_some * 100.0,
+            slow.fsync.1,
+            slow.fsync.2,
+            whole.fsync.1,
+            whole.fsync.2,
+            stalls::top(&slow.others, 5, 0.1),
+        );
+    }
 }
 
 // ----- 3. throttle reaction -----

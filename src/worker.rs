@@ -121,6 +121,7 @@ enum Step {
         updated: i64,
         done: bool,
         waiters: i64,
+        phases: Phases,
     },
     NotRunning(State),
     Lost,
@@ -178,7 +179,7 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
             ))),
         };
         match attempt {
-            Ok(Step::Advanced { scanned, updated, done, waiters }) => {
+            Ok(Step::Advanced { scanned, updated, done, waiters, phases }) => {
                 let elapsed = started.elapsed();
                 timeouts_at_min = 0;
                 if backoff.attempts() > 0 {
@@ -189,7 +190,9 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                 backoff.reset();
                 sizer.observe(scanned, elapsed, waiters);
                 job.metrics.batch_committed(updated, scanned, elapsed);
-                tracing::debug!(job = %name, range = claim.range_no, scanned, updated, waiters, ms = elapsed.as_millis() as u64, "batch committed");
+                tracing::debug!(job = %name, range = claim.range_no, scanned, updated, waiters, ms = elapsed.as_millis() as u64,
+                    begin_us = phases.begin, claim_us = phases.claim, lag_us = phases.lag, update_us = phases.update,
+                    waiters_us = phases.waiters, advance_us = phases.advance, commit_us = phases.commit, "batch committed");
                 if done {
                     break RangeOutcome::Done;
                 }
@@ -314,6 +317,8 @@ async fn one_batch(
     cancel: &CancellationToken,
 ) -> Result<Step, sqlx::Error> {
     let t = &job.spec.timeouts;
+    let mut phases = Phases::default();
+    let mut lap = Instant::now();
     // Waiting for a connection (the database may be unreachable for a while) is not yet a batch in
     // flight: a pause or shutdown in the meantime must not let it start once the database is back.
     let mut tx = tokio::select! {
@@ -321,27 +326,32 @@ async fn one_batch(
         _ = cancel.cancelled() => return Ok(Step::Cancelled),
         tx = batch::begin(&ctx.pool, t.lock, t.statement) => tx?,
     };
+    phases.begin = Phases::lap(&mut lap);
     let Some(locked) = ctx.progress.lock_range(&mut tx, claim).await.map_err(db_error)? else {
         return Ok(Step::Lost);
     };
+    phases.claim = Phases::lap(&mut lap);
     match locked.job_state {
         State::Running => {}
         other => return Ok(Step::NotRunning(other)),
     }
     if locked.done {
-        return Ok(Step::Advanced { scanned: 0, updated: 0, done: true, waiters: 0 });
+        return Ok(Step::Advanced { scanned: 0, updated: 0, done: true, waiters: 0, phases });
     }
     // The gate let this batch go on the controller's last poll, which may be up to a poll interval
     // old: several batches could commit on it after the lag crossed a limit. Read the lag again
     // now, after the previous batch committed, so at most the batch in flight commits past it.
     let fresh = throttle::read_fresh_lag(&mut tx).await?;
+    phases.lag = Phases::lap(&mut lap);
     let measurement = ctx.measurements.borrow().clone();
     if let Some(Decision::Wait { reason, signal, kind }) = gate.veto(&measurement, &fresh) {
         return Ok(Step::Held { reason, signal, kind });
     }
     let result = batch::execute(&mut tx, &job.statements, locked.cursor.as_ref(), &locked.upper_bound, limit).await?;
+    phases.update = Phases::lap(&mut lap);
     // Everyone waiting on our row locks is still waiting now: they are held until COMMIT.
     let waiters = batch::lock_waiters(&mut tx).await?;
+    phases.waiters = Phases::lap(&mut lap);
     let done = result.scanned < limit || result.cursor.as_ref() == Some(&locked.upper_bound);
     let step = Advance {
         cursor: result.cursor.as_ref(),
@@ -351,8 +361,39 @@ async fn one_batch(
         batch_size: limit,
     };
     ctx.progress.advance(&mut tx, claim, &step).await.map_err(db_error)?;
+    phases.advance = Phases::lap(&mut lap);
     tx.commit().await?;
-    Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done, waiters })
+    phases.commit = Phases::lap(&mut lap);
+    Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done, waiters, phases })
+}
+
+/// Where a batch's time went, in microseconds per step, for the debug log: the benchmark reads
+/// it to tell the fixed cost of a batch from its UPDATE.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    /// A pooled connection, BEGIN and the SET LOCALs.
+    begin: u64,
+    /// Locking the range row and proving the claim.
+    claim: u64,
+    /// The lag read on the batch's own connection.
+    lag: u64,
+    /// The batch statement.
+    update: u64,
+    /// The lock-waiter check.
+    waiters: u64,
+    /// The cursor advance.
+    advance: u64,
+    commit: u64,
+}
+
+impl Phases {
+    /// Microseconds since `*since`, which moves to now.
+    fn lap(since: &mut Instant) -> u64 {
+        let now = Instant::now();
+        let us = now.saturating_duration_since(*since).as_micros() as u64;
+        *since = now;
+        us
+    }
 }
 
 fn db_error(e: ProgressError) -> sqlx::Error {
