@@ -500,6 +500,7 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
     let mut secs: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
     let mut peak = 0u64;
     let mut per_batch: Vec<String> = Vec::new();
+    let mut backend_time: Vec<String> = Vec::new();
     let mut index_mb: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
     let mut busy: Vec<Vec<f64>> = vec![Vec::new(); ms.len()];
     warm_up(env).await;
@@ -508,9 +509,26 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
             let i = (k + rep) % ms.len();
             let table = format!("tp_{rep}_{i}");
             env.copy("template", &table).await;
+            let sampler = if rep == 0 { Some(stalls::Sampler::start(&env.url, env.cluster.dir()).await) } else { None };
             let cpu0 = machine_cpu();
+            let from = epoch_now();
             let run = run_method(env, &ms[i], &table).await;
             busy[i].push(machine_busy(cpu0, machine_cpu()));
+            if let Some(sampler) = sampler {
+                let window = (from, epoch_now());
+                let samples = sampler.finish().await;
+                let who = if matches!(ms[i], Method::Pgbackfill { .. }) { "pgbackfill" } else { "client backend" };
+                let (states, autovacuum) = stalls::backend_states(&samples, who, window);
+                let pressure = stalls::tally(&samples, |t| t >= window.0 && t <= window.1);
+                backend_time.push(format!(
+                    "| {} | {} | {:.0}% | {:.0}% | {:.0}% |",
+                    ms[i].label(),
+                    stalls::top(&states, 5, 0.02),
+                    autovacuum * 100.0,
+                    pressure.cpu_some * 100.0,
+                    pressure.io_some * 100.0
+                ));
+            }
             let left = scalar_i64(&env.pool, &format!("SELECT count(*) FROM {table} WHERE channel IS NULL")).await;
             assert_eq!(left, 0, "{} left rows behind", ms[i].label());
             eprintln!("rep {rep}: {:<36} {:>7.2} s {:>9.0} rows/s", ms[i].label(), run.secs, rows as f64 / run.secs);
@@ -583,6 +601,18 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
     );
     println!("|---|---|---|---|---|---|");
     for line in per_batch {
+        println!("{line}");
+    }
+    println!(
+        "\nWhere the server spent the first repetition: the method's backends (pgbackfill's sessions, or the \
+         benchmark's own connection for the others) sampled every {} ms in `pg_stat_activity`, on CPU \
+         (`running`) or their wait event; how often an autovacuum worker was busy; the kernel's pressure-stall \
+         shares (some task waiting for a CPU, for I/O).\n",
+        stalls::PERIOD.as_millis()
+    );
+    println!("| method | the method's backends | autovacuum busy | CPU pressure | I/O pressure |");
+    println!("|---|---|---|---|---|");
+    for line in backend_time {
         println!("{line}");
     }
     bar_chart(

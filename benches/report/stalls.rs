@@ -121,7 +121,14 @@ impl Sampler {
                     } else if state == "active" || kind != "client backend" {
                         // Server processes idle on their main loop wait on `Activity:*`: leave those out.
                         if wtype != "Activity" {
-                            let who = if app.is_empty() { kind } else { app };
+                            // pgbackfill's sessions are named per daemon: one name for all.
+                            let who = if app.starts_with("pgbackfill") {
+                                "pgbackfill".to_string()
+                            } else if app.is_empty() {
+                                kind
+                            } else {
+                                app
+                            };
                             s.others.push(format!("{who}: {what}"));
                         }
                     }
@@ -217,4 +224,26 @@ pub fn top(shares: &BTreeMap<String, f64>, n: usize, min: f64) -> String {
     v.sort_by(|a, b| b.1.total_cmp(a.1));
     let parts: Vec<String> = v.into_iter().take(n).map(|(k, s)| format!("{k} {:.0}%", s * 100.0)).collect();
     if parts.is_empty() { "–".into() } else { parts.join(", ") }
+}
+
+/// Over the samples taken in `window`: what the sessions named `who` (`pgbackfill`, `client
+/// backend`) were doing, as shares of their (session, sample) pairs; and the share of samples in
+/// which an autovacuum worker was busy.
+pub fn backend_states(all: &Samples, who: &str, window: (f64, f64)) -> (BTreeMap<String, f64>, f64) {
+    let mut states: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut total, mut samples, mut autovacuum) = (0.0, 0.0, 0.0);
+    for s in all.activity.iter().filter(|s| s.t >= window.0 && s.t <= window.1) {
+        samples += 1.0;
+        if s.others.iter().any(|o| o.starts_with("autovacuum worker:")) {
+            autovacuum += 1.0;
+        }
+        for o in s.others.iter().filter_map(|o| o.strip_prefix(who)?.strip_prefix(": ")) {
+            *states.entry(o.to_string()).or_default() += 1.0;
+            total += 1.0;
+        }
+    }
+    for v in states.values_mut() {
+        *v /= f64::max(total, 1.0);
+    }
+    (states, autovacuum / f64::max(samples, 1.0))
 }
