@@ -397,7 +397,7 @@ async fn check_statements(
         first_keys = first_keys.bind(v);
     }
     // Capped: reading a few thousand keys is enough to be past the start, and stays cheap.
-    let first_keys = first_keys.bind(spec.batch.size.clamp(1, 10_000)).fetch_all(&mut *conn).await?;
+    let first_keys = first_keys.bind(spec.batch.start_size().clamp(1, 10_000)).fetch_all(&mut *conn).await?;
     let cursor = first_keys.last().unwrap_or(&max);
     let mut q = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!(
         "EXPLAIN (FORMAT JSON) {}",
@@ -406,7 +406,7 @@ async fn check_statements(
     for v in cursor.iter().chain(max.iter()) {
         q = q.bind(v);
     }
-    let plan = q.bind(spec.batch.size).fetch_one(&mut *conn).await?;
+    let plan = q.bind(spec.batch.start_size()).fetch_one(&mut *conn).await?;
     // On a partitioned table the plan names each partition's index, not the parent's.
     let key_indexes: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_partition_tree(to_regclass($1)) p JOIN pg_class c ON c.oid = p.relid",

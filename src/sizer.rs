@@ -4,7 +4,8 @@
 //! - `batch.target_time` is the longest a batch may hold its row locks. With it, the size follows a
 //!   smoothed (EWMA) per-row cost toward [`HEADROOM`] of that time, so that a batch rarely runs
 //!   over it; it grows at most 2x per batch and is cut at once after a batch that ran over.
-//!   Without it the size is `batch.size`.
+//!   Without it (a spec that sets `batch.size` and no `target_time`) the size is `batch.size`;
+//!   a spec that sets neither gets [`crate::spec::DEFAULT_TARGET_TIME`].
 //! - Contention: when other sessions were waiting on the batch's row locks as it finished, the
 //!   application is paying for them. The size is halved at once (and the time budget with it), and
 //!   grows back by doubling per [`RECOVERY_DOUBLING`] of wall time in which nobody waited.

@@ -726,7 +726,7 @@ impl Supervisor {
         let name = spec.name.clone();
         // Every series of the job exists from the moment it is loaded, before any batch.
         if self.declared.insert(name.clone()) {
-            JobMetrics::declare(&name, spec.batch.size);
+            JobMetrics::declare(&name, spec.batch.start_size());
             crate::steps::declare(&spec);
         }
         crate::metrics::set_job_max_lag(&name, spec.throttle.max_lag);

@@ -111,7 +111,7 @@ pub async fn run(ctx: &Context, job: &Job, cancel: &CancellationToken) -> Result
             .await
             .map_err(|e| crate::error::sql(&e))?;
     let mut walk = facts.as_ref().map_or(Walk::Keys, |f| walk_for(f.server_version_num, &f.relkind));
-    let start = facts.as_ref().map_or(1, |f| start_blocks(job.spec.batch.size, f.pages, f.tuples));
+    let start = facts.as_ref().map_or(1, |f| start_blocks(job.spec.batch.start_size(), f.pages, f.tuples));
     let mut sizer = sizer(walk, job, start);
     tracing::debug!(job = job.name(), walk = walk.as_str(), "verification starts");
     let mut gate = GateKeeper::new(ctx, job);
@@ -195,7 +195,7 @@ fn walk_for(server_version_num: i32, relkind: &str) -> Walk {
 fn sizer(walk: Walk, job: &Job, start_blocks: i64) -> Sizer {
     let b = &job.spec.batch;
     match walk {
-        Walk::Keys => Sizer::new(b.size, b.min_size, b.max_size.max(VERIFY_MAX_CHUNK), Some(VERIFY_CHUNK_TIME)),
+        Walk::Keys => Sizer::new(b.start_size(), b.min_size, b.max_size.max(VERIFY_MAX_CHUNK), Some(VERIFY_CHUNK_TIME)),
         Walk::Blocks => Sizer::new(start_blocks, 1, VERIFY_MAX_BLOCKS, Some(VERIFY_CHUNK_TIME)),
     }
 }

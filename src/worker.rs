@@ -139,7 +139,7 @@ enum Step {
 pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: CancellationToken) -> RangeOutcome {
     let name = job.name().to_string();
     let b = &job.spec.batch;
-    let mut sizer = Sizer::new(b.size, b.min_size, b.max_size, b.target_time);
+    let mut sizer = Sizer::new(b.start_size(), b.min_size, b.max_size, b.target());
     let mut gate = Gate::new(job.spec.throttle.clone());
     let mut measurements = ctx.measurements.clone();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));

@@ -52,9 +52,12 @@ fn minimal_spec_gets_all_defaults() {
     assert_eq!(spec.where_, None);
     assert_eq!(spec.set.get("flag").map(String::as_str), Some("true"));
     assert_eq!(spec.batch, BatchSpec::default());
-    assert_eq!(spec.batch.size, 1_000);
+    // No size: batches sized by time, from 1,000 rows.
+    assert_eq!(spec.batch.size, None);
+    assert_eq!(spec.batch.start_size(), 1_000);
     assert_eq!((spec.batch.min_size, spec.batch.max_size), (100, 100_000));
     assert_eq!(spec.batch.target_time, None);
+    assert_eq!(spec.batch.target(), Some(Duration::from_millis(200)));
     assert_eq!(spec.batch.pause, Duration::ZERO);
     assert_eq!(spec.timeouts, TimeoutSpec::default());
     assert_eq!((spec.timeouts.lock, spec.timeouts.statement), (Duration::from_secs(2), Duration::from_secs(30)));
@@ -180,6 +183,17 @@ fn size_outside_min_max() {
     // Against the defaults too.
     let p = problems(&with("batch:\n  size: 200000\n"));
     expect(&p, "batch.size", "outside min_size..max_size");
+}
+
+#[test]
+fn a_set_size_means_fixed_batches_unless_a_target_time_is_set_too() {
+    let fixed = parse_str(Path::new(FILE), &with("batch: {size: 5000}\n")).unwrap();
+    assert_eq!((fixed.batch.start_size(), fixed.batch.target()), (5000, None));
+    let timed = parse_str(Path::new(FILE), &with("batch: {size: 5000, target_time: 50ms}\n")).unwrap();
+    assert_eq!((timed.batch.start_size(), timed.batch.target()), (5000, Some(Duration::from_millis(50))));
+    // Without a size, the starting size keeps to min_size..max_size instead of being refused.
+    let narrow = parse_str(Path::new(FILE), &with("batch: {min_size: 2000, max_size: 4000}\n")).unwrap();
+    assert_eq!((narrow.batch.start_size(), narrow.batch.target()), (2000, Some(Duration::from_millis(200))));
 }
 
 #[test]

@@ -284,7 +284,9 @@ impl Validator<'_> {
     fn batch(&mut self, spec: &JobSpec) {
         let b = &spec.batch;
         let mut all_positive = true;
-        for (field, value) in [("batch.size", b.size), ("batch.min_size", b.min_size), ("batch.max_size", b.max_size)] {
+        for (field, value) in
+            [("batch.size", b.start_size()), ("batch.min_size", b.min_size), ("batch.max_size", b.max_size)]
+        {
             if value <= 0 {
                 all_positive = false;
                 self.push(
@@ -301,10 +303,10 @@ impl Validator<'_> {
                     format!("min_size {} is larger than max_size {}", b.min_size, b.max_size),
                     "make `min_size` at most `max_size` (defaults: 100 and 100000)",
                 );
-            } else if !(b.min_size..=b.max_size).contains(&b.size) {
+            } else if let Some(size) = b.size.filter(|s| !(b.min_size..=b.max_size).contains(s)) {
                 self.push(
                     "batch.size",
-                    format!("size {} is outside min_size..max_size ({}..{})", b.size, b.min_size, b.max_size),
+                    format!("size {size} is outside min_size..max_size ({}..{})", b.min_size, b.max_size),
                     "set `size` between `min_size` and `max_size` (defaults: 100 and 100000), or widen the range",
                 );
             }
