@@ -201,8 +201,8 @@ fn default_concurrency() -> i64 {
 pub const DEFAULT_START_SIZE: i64 = 1_000;
 /// `batch.target_time` when neither it nor `batch.size` is set: short enough that the
 /// application's statements rarely wait long on a batch's row locks, long enough that a batch's
-/// fixed costs (a few round trips, ~3 ms) stay small (measured: 0.71-0.90x the single statement
-/// against 0.52x with fixed 1,000-row batches, BENCHMARKS.md).
+/// fixed costs (a few round trips, ~3 ms) stay small. BENCHMARKS.md: 0.59x the single statement
+/// end to end, where fixed 1,000-row batches (the default before) had measured 0.52x.
 pub const DEFAULT_TARGET_TIME: Duration = Duration::from_millis(200);
 fn default_min_size() -> i64 {
     100
