@@ -73,6 +73,11 @@ enum Method {
 }
 
 impl Method {
+    /// pgbackfill with these `batch:` settings and no throttle extras.
+    const fn pgbackfill(label: &'static str, concurrency: usize, batch: &'static str) -> Method {
+        Method::Pgbackfill { label, concurrency, batch, throttle: "" }
+    }
+
     /// For chart axes.
     fn short(&self) -> String {
         match self {
@@ -111,31 +116,11 @@ fn all_methods() -> Vec<Method> {
         Method::Single,
         Method::DoLoop,
         Method::ClientLoop,
-        Method::Pgbackfill {
-            label: "pgbackfill c=1, 10k-row batches",
-            concurrency: 1,
-            batch: "{size: 10000}",
-            throttle: "",
-        },
-        Method::Pgbackfill {
-            label: "pgbackfill c=2, 10k-row batches",
-            concurrency: 2,
-            batch: "{size: 10000}",
-            throttle: "",
-        },
-        Method::Pgbackfill {
-            label: "pgbackfill c=1, 2k-row batches",
-            concurrency: 1,
-            batch: "{size: 2000}",
-            throttle: "",
-        },
-        Method::Pgbackfill { label: "pgbackfill c=1, default batches", concurrency: 1, batch: "", throttle: "" },
-        Method::Pgbackfill {
-            label: "pgbackfill c=1, target_time 200ms",
-            concurrency: 1,
-            batch: "{size: 10000, target_time: 200ms}",
-            throttle: "",
-        },
+        Method::pgbackfill("pgbackfill c=1, 10k-row batches", 1, "{size: 10000}"),
+        Method::pgbackfill("pgbackfill c=2, 10k-row batches", 2, "{size: 10000}"),
+        Method::pgbackfill("pgbackfill c=1, 2k-row batches", 1, "{size: 2000}"),
+        Method::pgbackfill("pgbackfill c=1, default batches", 1, ""),
+        Method::pgbackfill("pgbackfill c=1, target_time 200ms", 1, "{size: 10000, target_time: 200ms}"),
         Method::Pgbackfill {
             label: "pgbackfill c=1, target_time 200ms, max_rate 20000",
             concurrency: 1,
@@ -307,8 +292,7 @@ fn phases_from_log(log: &str) -> Vec<[f64; 7]> {
         .filter_map(|l| {
             let mut out = [0.0; 7];
             for (i, p) in PHASES.iter().enumerate() {
-                let key = format!(" {p}_us=");
-                out[i] = l.split(key.as_str()).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+                out[i] = log_field(l, &format!(" {p}_us="))?;
             }
             Some(out)
         })
@@ -317,13 +301,15 @@ fn phases_from_log(log: &str) -> Vec<[f64; 7]> {
 
 /// `(rows scanned, ms, waiters)` of every committed batch, from the daemon's debug log.
 fn batches_from_log(log: &str) -> Vec<(f64, f64, f64)> {
-    let field = |l: &str, key: &str| -> Option<f64> {
-        l.split(key).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    };
     log.lines()
         .filter(|l| l.contains("batch committed"))
-        .filter_map(|l| Some((field(l, " scanned=")?, field(l, " ms=")?, field(l, " waiters=")?)))
+        .filter_map(|l| Some((log_field(l, " scanned=")?, log_field(l, " ms=")?, log_field(l, " waiters=")?)))
         .collect()
+}
+
+/// The whole number after `key` (` name=`) in a log line.
+fn log_field(line: &str, key: &str) -> Option<f64> {
+    line.split(key).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -668,19 +654,11 @@ async fn index_size_mb(env: &Env, index: &str) -> f64 {
 /// PostgreSQL 14+), which costs the inserting backend CPU and keeps the index small. The single
 /// statement's old versions stay alive until it commits, so its leaf pages split instead.
 async fn secondary_index(env: &Env, rows: usize, reps: usize) {
-    let ms = [
-        Method::Single,
-        Method::Pgbackfill {
-            label: "pgbackfill c=1, 10k-row batches",
-            concurrency: 1,
-            batch: "{size: 10000}",
-            throttle: "",
-        },
-    ];
-    // (index column, label). Autovacuum, which starts during a batched
-    // backfill but only after the single statement, was measured here as a variant too: with it
-    // off on the table the ratios stayed the same (0.53 against 0.57 with `customer_id`, 0.82
-    // against 0.83 with no index; 2 repetitions, 2026-12-02).
+    let ms = [Method::Single, Method::pgbackfill("pgbackfill c=1, 10k-row batches", 1, "{size: 10000}")];
+    // (index column, label). Autovacuum, which starts during a batched backfill but only after the
+    // single statement, was measured here as a variant too: with it off on the table the ratios
+    // stayed the same (0.53 against 0.57 with `customer_id`, 0.82 against 0.83 with no index; 2
+    // repetitions, 2026-12-02).
     let variants: [(Option<&str>, &str); 3] = [
         (Some("customer_id"), "on `customer_id` (repeats every 50,000 rows; the tables above)"),
         (Some("created_at"), "on `created_at` (in key order)"),
@@ -1009,10 +987,10 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
         let (during, before) = (lat.pop().unwrap_or_default(), lat.pop().unwrap_or_default());
         let samples = sampler.finish().await;
         let (slow, whole) = before.stalls(&samples, (alone_from, from));
-        waits.push((format!("{}, alone just before", label.clone()), slow, whole));
+        waits.push((format!("{label}, alone just before"), slow, whole));
         let (slow, whole) = during.stalls(&samples, (from, to));
         waits.push((label.clone(), slow, whole));
-        eprintln!("app impact: {:<36} {:.1} s, {:.0} rows/s", label.clone(), run.secs, rows as f64 / run.secs);
+        eprintln!("app impact: {label:<36} {:.1} s, {:.0} rows/s", run.secs, rows as f64 / run.secs);
         let batches = if run.batches.is_empty() {
             "–".to_string()
         } else {
@@ -1109,10 +1087,10 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
             whole.cpu_some * 100.0,
             slow.io_some * 100.0,
             whole.io_some * 100.0,
+            slow.fsync.0,
             slow.fsync.1,
-            slow.fsync.2,
+            whole.fsync.0,
             whole.fsync.1,
-            whole.fsync.2,
             stalls::top(&slow.others, 5, 0.1),
         );
     }

@@ -688,8 +688,9 @@ pub struct FreshLag {
 
 /// One round trip: the primary's position and every replaying standby's, as the controller reads
 /// them ([`try_measure`]). One scan of `pg_stat_replication`, which reads every backend's status:
-/// a subquery per column made this read about 1 ms of every batch. Without `pg_monitor` the positions are NULL and nothing is vetoed (the
-/// controller's measurement already holds every job then).
+/// a subquery per column made this read about 1 ms of every batch. Without `pg_monitor` the
+/// positions are NULL and nothing is vetoed (the controller's measurement already holds every job
+/// then).
 pub async fn read_fresh_lag(conn: &mut sqlx::PgConnection) -> Result<FreshLag, sqlx::Error> {
     type Row = (f64, Option<Vec<String>>, Option<Vec<f64>>, Option<Vec<Option<f64>>>);
     let (current, names, replays, lags): Row = sqlx::query_as(sqlx::AssertSqlSafe(format!(

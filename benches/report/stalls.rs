@@ -25,8 +25,8 @@ pub struct Sample {
     pub app: Vec<String>,
     /// Everything else that was not idle: `backend type: wait event or running`.
     pub others: Vec<String>,
-    /// Cumulative pressure-stall microseconds: (cpu some, io some, io full).
-    pub psi: (u64, u64, u64),
+    /// Cumulative pressure-stall microseconds: (cpu some, io some).
+    pub psi: (u64, u64),
 }
 
 pub struct Sampler {
@@ -80,12 +80,8 @@ fn psi_total(path: &str, which: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn psi() -> (u64, u64, u64) {
-    (
-        psi_total("/proc/pressure/cpu", "some"),
-        psi_total("/proc/pressure/io", "some"),
-        psi_total("/proc/pressure/io", "full"),
-    )
+fn psi() -> (u64, u64) {
+    (psi_total("/proc/pressure/cpu", "some"), psi_total("/proc/pressure/io", "some"))
 }
 
 impl Sampler {
@@ -161,12 +157,11 @@ pub struct Tally {
     pub app: BTreeMap<String, f64>,
     /// Share of samples in which each other process state was seen.
     pub others: BTreeMap<String, f64>,
-    /// Share of the wall time with some task stalled on CPU, on I/O, and all on I/O.
+    /// Share of the wall time with some task stalled on CPU, and on I/O.
     pub cpu_some: f64,
     pub io_some: f64,
-    pub io_full: f64,
-    /// The disk probe's flushes that started in the kept time: (p50, p99, max) ms.
-    pub fsync: (f64, f64, f64),
+    /// The disk probe's flushes that started in the kept time: (p99, max) ms.
+    pub fsync: (f64, f64),
 }
 
 /// Tally the samples taken at the times `keep` holds for; the pressure shares come from the
@@ -174,14 +169,12 @@ pub struct Tally {
 pub fn tally(all: &Samples, keep: impl Fn(f64) -> bool) -> Tally {
     let samples = &all.activity;
     let mut t = Tally::default();
-    let mut fsyncs: Vec<f64> = all.fsyncs.iter().filter(|(at, _)| keep(*at)).map(|(_, ms)| *ms).collect();
-    fsyncs.sort_by(|a, b| a.total_cmp(b));
+    let fsyncs: Vec<f64> = all.fsyncs.iter().filter(|(at, _)| keep(*at)).map(|(_, ms)| *ms).collect();
     if !fsyncs.is_empty() {
-        let at = |p: f64| fsyncs[((fsyncs.len() - 1) as f64 * p).round() as usize];
-        t.fsync = (at(0.5), at(0.99), at(1.0));
+        t.fsync = (super::pct(&fsyncs, 0.99), super::pct(&fsyncs, 1.0));
     }
     let mut app_total = 0usize;
-    let (mut wall, mut cpu, mut io, mut iof) = (0.0, 0.0, 0.0, 0.0);
+    let (mut wall, mut cpu, mut io) = (0.0, 0.0, 0.0);
     for pair in samples.windows(2) {
         let (prev, s) = (&pair[0], &pair[1]);
         if !keep(s.t) {
@@ -203,7 +196,6 @@ pub fn tally(all: &Samples, keep: impl Fn(f64) -> bool) -> Tally {
             wall += dt;
             cpu += s.psi.0.saturating_sub(prev.psi.0) as f64;
             io += s.psi.1.saturating_sub(prev.psi.1) as f64;
-            iof += s.psi.2.saturating_sub(prev.psi.2) as f64;
         }
     }
     for v in t.app.values_mut() {
@@ -213,7 +205,7 @@ pub fn tally(all: &Samples, keep: impl Fn(f64) -> bool) -> Tally {
         *v /= t.samples.max(1) as f64;
     }
     if wall > 0.0 {
-        (t.cpu_some, t.io_some, t.io_full) = (cpu / wall, io / wall, iof / wall);
+        (t.cpu_some, t.io_some) = (cpu / wall, io / wall);
     }
     t
 }
