@@ -139,6 +139,8 @@ struct Run {
     batches: Vec<(f64, f64, f64)>,
     /// pgbackfill only: per batch, microseconds in each of [`PHASES`].
     phases: Vec<[f64; 7]>,
+    /// pgbackfill only: [`timeline_from_log`].
+    timeline: Option<(f64, f64, f64)>,
 }
 
 async fn run_method(env: &Env, method: &Method, table: &str) -> Run {
@@ -198,7 +200,8 @@ async fn run_method(env: &Env, method: &Method, table: &str) -> Run {
             );
             let d = Daemon::run_to_end(&env.url, &[(table, spec.as_str())]).await;
             let phases = phases_from_log(&d.log);
-            Run { secs: d.secs, peak_rss_kib: Some(d.peak_rss_kib), batches: d.batches, phases }
+            let timeline = timeline_from_log(&d.log);
+            Run { secs: d.secs, peak_rss_kib: Some(d.peak_rss_kib), batches: d.batches, phases, timeline }
         }
     }
 }
@@ -307,6 +310,23 @@ fn batches_from_log(log: &str) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
+/// Where a run's wall time went, from the daemon's log: `(start-up, key walk, completion check)` in
+/// seconds. Start-up runs from the first line to the first range claimed (migrations, planning
+/// the key ranges), the walk from there to the last range worker's end, the completion check
+/// (verification) from there to "job completed".
+fn timeline_from_log(log: &str) -> Option<(f64, f64, f64)> {
+    let at = |l: &str| {
+        chrono::DateTime::parse_from_rfc3339(l.split_whitespace().next()?)
+            .ok()
+            .map(|t| t.timestamp_micros() as f64 / 1e6)
+    };
+    let first = log.lines().find_map(at)?;
+    let claimed = log.lines().filter(|l| l.contains("range claimed")).find_map(at)?;
+    let walked = log.lines().rev().filter(|l| l.contains("range worker finished")).find_map(at)?;
+    let completed = log.lines().filter(|l| l.contains("job completed")).find_map(at)?;
+    Some((claimed - first, walked - claimed, completed - walked))
+}
+
 /// The whole number after `key` (` name=`) in a log line.
 fn log_field(line: &str, key: &str) -> Option<f64> {
     line.split(key).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
@@ -367,16 +387,33 @@ impl Env {
     }
 }
 
+/// How the template's `customer_id` follows the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Customers {
+    /// Pseudo-random (a hash of the row number), as in a real orders table: the secondary index
+    /// gets its new entries all over, whatever the batch boundaries.
+    Scattered,
+    /// `g % 50000`, the previous reports' table: the same customer every 50,000 rows, so the
+    /// index's insertions repeat exactly with the key walk, and how PostgreSQL's index cleanup
+    /// behaves depends on where batch boundaries fall in that period (section "secondary index").
+    Periodic,
+}
+
 /// The template: ~200-byte rows, sparse bigint keys (`4g + g % 3`), a secondary index on the copies,
 /// and the new nullable column `channel` to fill.
-async fn seed(pool: &PgPool, name: &str, rows: usize) {
+async fn seed(pool: &PgPool, name: &str, rows: usize, customers: Customers) {
+    // hashint8 is the built-in hash of int8 (stable across versions, as hash indexes need).
+    let customer = match customers {
+        Customers::Scattered => "(hashint8(g) & 2147483647) % 50000",
+        Customers::Periodic => "g % 50000",
+    };
     exec(
         pool,
         &format!(
             "CREATE TABLE {name} (
                 id bigint NOT NULL, customer_id bigint NOT NULL, status text NOT NULL,
                 total_cents bigint NOT NULL, created_at timestamptz NOT NULL, note text NOT NULL, channel text);
-             INSERT INTO {name} SELECT 4 * g + g % 3, g % 50000, (ARRAY['new','paid','shipped','done'])[1 + g % 4],
+             INSERT INTO {name} SELECT 4 * g + g % 3, {customer}, (ARRAY['new','paid','shipped','done'])[1 + g % 4],
                 (g * 7919) % 100000, timestamptz '2024-01-01' + g * interval '1 second',
                 repeat(md5(g::text), 4), NULL FROM generate_series(1::bigint, {rows}) g;"
         ),
@@ -434,8 +471,12 @@ async fn main() {
     let mut peak_rss: u64 = 0;
     if want("throughput") || want("app") || want("cost") || want("index") {
         eprintln!("seeding the template table with {rows} rows…");
-        seed(&env.pool, "template", rows).await;
+        seed(&env.pool, "template", rows, Customers::Scattered).await;
         exec(&env.pool, "VACUUM ANALYZE template").await;
+    }
+    if want("index") {
+        seed(&env.pool, "template_periodic", rows, Customers::Periodic).await;
+        exec(&env.pool, "VACUUM ANALYZE template_periodic").await;
     }
     if want("cost") {
         batch_cost(&env).await;
@@ -532,8 +573,11 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
                         format!("{:.2}", v.iter().sum::<f64>() / v.len().max(1) as f64)
                     })
                     .collect();
+                let timeline = run.timeline.map_or("–".to_string(), |(up, walk, check)| {
+                    format!("{up:.2} / {walk:.2} / {check:.2} / {:.2}", run.secs - up - walk - check)
+                });
                 per_batch.push(format!(
-                    "| {} | {} | {:.0} | {:.1} | {} | {:.2} s of {:.2} s |",
+                    "| {} | {} | {:.0} | {:.1} | {} | {:.2} s of {:.2} s | {timeline} |",
                     ms[i].label(),
                     run.batches.len(),
                     rows_per,
@@ -580,12 +624,14 @@ async fn throughput(env: &Env, rows: usize, reps: usize) -> (BTreeMap<String, f6
     println!("\nBatches of the first repetition (from the daemon's log, summed over workers; the rest of the");
     println!("time is start-up, the gaps between batches, verification and exit). The steps: a pooled connection,");
     println!("BEGIN and the SET LOCALs / locking the range row / the lag read / the batch statement / the lock-waiter");
-    println!("check / the cursor advance / COMMIT.\n");
+    println!("check / the cursor advance / COMMIT. The run's wall time, from the log's timestamps: start-up (to the");
+    println!("first range claimed) / the key walk (to the last range worker's end) / the completion check / the rest");
+    println!("(process start and exit).\n");
     println!(
-        "| method | batches | rows/batch | ms/batch | mean ms per step: {} | time in batches |",
+        "| method | batches | rows/batch | ms/batch | mean ms per step: {} | time in batches | wall s: start-up / walk / check / rest |",
         PHASES.join(" / ")
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for line in per_batch {
         println!("{line}");
     }
@@ -646,63 +692,110 @@ async fn index_size_mb(env: &Env, index: &str) -> f64 {
 
 // ----- 1a. the secondary index -----
 
-/// Why batches cost more per row than the single statement on this table: the same two methods on
-/// copies whose secondary index is on `customer_id` (the issue's table: ids repeat every 50,000
-/// rows), on `created_at` (in key order), or absent. When a batch commits, the old versions of its
-/// rows are dead to everyone; later batches that insert into the same leaf pages of an index not
-/// in key order make PostgreSQL delete those entries as it goes (bottom-up index deletion,
-/// PostgreSQL 14+), which costs the inserting backend CPU and keeps the index small. The single
-/// statement's old versions stay alive until it commits, so its leaf pages split instead.
+/// One kind of copy in [`secondary_index`]: its template, its secondary index, and which of the
+/// section's methods run on it.
+struct IndexVariant {
+    template: &'static str,
+    column: Option<&'static str>,
+    label: &'static str,
+    /// Indexes into the section's methods.
+    methods: &'static [usize],
+}
+
+/// What the secondary index does to the per-row cost of batches: the single statement and
+/// pgbackfill on copies that differ only in their secondary index.
+///
+/// When a batch commits, the old versions of its rows are dead to everyone; a later batch that
+/// inserts into a full leaf page holding their entries makes PostgreSQL try to delete them first
+/// (bottom-up index deletion, PostgreSQL 14+): CPU in the updating backend, and an index that
+/// splits less. The single statement's old versions stay alive until it commits, so its leaf
+/// pages just split. On the previous reports' table (`customer_id = g % 50000`) every leaf page
+/// gets its new entries in one burst per 50,000 rows, always at the same point of the walk, and
+/// whether those bursts find deletable entries depends on where the batch boundaries fall in
+/// that period. Measured by hand on this program's table (a client loop of a keyset slice and a
+/// range UPDATE, each its own transaction, backend CPU from /proc, 2026-12-07): batches of 10,000
+/// rows took 8.0–8.9 s of CPU and left the index at 13.2 MB (5 of 6 runs), batches of 9,999 or
+/// 10,001 rows 6.7–6.9 s and 15.5 MB, as the single statement (5.0–6.0 s, 15.5 MB). On a copy
+/// with scattered customers all of them ended at 16.0 MB. Batches of 9,999 rows show it here.
 async fn secondary_index(env: &Env, rows: usize, reps: usize) {
-    let ms = [Method::Single, Method::pgbackfill("pgbackfill c=1, 10k-row batches", 1, "{size: 10000}")];
-    // (index column, label). Autovacuum, which starts during a batched backfill but only after the
-    // single statement, was measured here as a variant too: with it off on the table the ratios
-    // stayed the same (0.53 against 0.57 with `customer_id`, 0.82 against 0.83 with no index; 2
-    // repetitions, 2026-12-02).
-    let variants: [(Option<&str>, &str); 3] = [
-        (Some("customer_id"), "on `customer_id` (repeats every 50,000 rows; the tables above)"),
-        (Some("created_at"), "on `created_at` (in key order)"),
-        (None, "none"),
+    let ms = [
+        Method::Single,
+        Method::pgbackfill("pgbackfill c=1, 10k-row batches", 1, "{size: 10000}"),
+        Method::pgbackfill("pgbackfill c=1, 9,999-row batches", 1, "{size: 9999}"),
     ];
+    let variants = [
+        IndexVariant {
+            template: "template",
+            column: Some("customer_id"),
+            label: "on `customer_id`, scattered (the tables above)",
+            methods: &[0, 1],
+        },
+        IndexVariant {
+            template: "template_periodic",
+            column: Some("customer_id"),
+            label: "on `customer_id` = `g % 50000` (the previous reports' table)",
+            methods: &[0, 1, 2],
+        },
+        IndexVariant {
+            template: "template",
+            column: Some("created_at"),
+            label: "on `created_at` (in key order)",
+            methods: &[0, 1],
+        },
+        IndexVariant { template: "template", column: None, label: "none", methods: &[0, 1] },
+    ];
+    let runs: Vec<(usize, usize)> =
+        variants.iter().enumerate().flat_map(|(v, x)| x.methods.iter().map(move |&i| (v, i))).collect();
     // [variant][method] -> seconds per repetition, and the index's size after
     let mut secs = vec![vec![Vec::new(); ms.len()]; variants.len()];
     let mut index_mb = vec![vec![Vec::new(); ms.len()]; variants.len()];
     warm_up(env).await;
-    let runs = ms.len() * variants.len();
     for rep in 0..reps {
-        for k in 0..runs {
-            let n = (k + rep) % runs;
-            let (v, i) = (n / ms.len(), n % ms.len());
+        for k in 0..runs.len() {
+            let (v, i) = runs[(k + rep) % runs.len()];
             let table = format!("ix_{rep}_{v}_{i}");
-            env.copy_with("template", &table, variants[v].0).await;
+            env.copy_with(variants[v].template, &table, variants[v].column).await;
             let run = run_method(env, &ms[i], &table).await;
-            eprintln!("index rep {rep}: {:<48} {:<36} {:.2} s", variants[v].1, ms[i].label(), run.secs);
+            eprintln!("index rep {rep}: {:<60} {:<36} {:.2} s", variants[v].label, ms[i].label(), run.secs);
             secs[v][i].push(run.secs);
             index_mb[v][i].push(index_size_mb(env, &format!("{table}_secondary")).await);
             exec(&env.pool, &format!("DROP TABLE {table}")).await;
         }
     }
-    println!("\n## Where the per-row difference comes from: the secondary index\n");
+    println!("\n## What the secondary index costs batches\n");
     println!(
-        "{rows} rows, the single statement and pgbackfill (c=1, 10k-row batches) on fresh copies that differ only \
-         in their secondary index, alternated, {reps} repetition(s), medians; ratio to the single statement on \
-         the same kind of copy.\n"
+        "{rows} rows, the single statement and pgbackfill (c=1) on fresh copies that differ only in their \
+         secondary index, alternated, {reps} repetition(s), medians; ratio: the single statement's time over \
+         pgbackfill's on the same kind of copy, within each repetition.\n"
     );
     println!(
-        "| secondary index | single statement s | pgbackfill s | ratio | index after the single statement, MB | after pgbackfill, MB |"
+        "| secondary index | single statement s | 10k-row batches s | ratio | 9,999-row batches s | ratio | index after: single / 10k / 9,999, MB |"
     );
-    println!("|---|---|---|---|---|---|");
-    for (v, (_, label)) in variants.iter().enumerate() {
-        let ratio = median(&(0..reps).map(|r| secs[v][0][r] / secs[v][1][r]).collect::<Vec<_>>());
-        let mb =
-            |i: usize| if variants[v].0.is_some() { format!("{:.1}", median(&index_mb[v][i])) } else { "–".into() };
+    println!("|---|---|---|---|---|---|---|");
+    for (v, variant) in variants.iter().enumerate() {
+        let has = |i: usize| variant.methods.contains(&i);
+        let ratio = |i: usize| {
+            if has(i) {
+                format!("{:.2}", median(&(0..reps).map(|r| secs[v][0][r] / secs[v][i][r]).collect::<Vec<_>>()))
+            } else {
+                "–".into()
+            }
+        };
+        let s = |i: usize| if has(i) { format!("{:.2}", median(&secs[v][i])) } else { "–".into() };
+        let mb = |i: usize| {
+            if has(i) && variant.column.is_some() { format!("{:.1}", median(&index_mb[v][i])) } else { "–".into() }
+        };
         println!(
-            "| {label} | {:.2} | {:.2} | {:.2} | {} | {} |",
-            median(&secs[v][0]),
-            median(&secs[v][1]),
-            ratio,
+            "| {} | {} | {} | {} | {} | {} | {} / {} / {} |",
+            variant.label,
+            s(0),
+            s(1),
+            ratio(1),
+            s(2),
+            ratio(2),
             mb(0),
-            mb(1)
+            mb(1),
+            mb(2)
         );
     }
 }
@@ -1102,7 +1195,7 @@ async fn throttle_reaction(env: &Env) {
     // Enough rows that the job is still running when replay resumes: 400,000 were done before the
     // crossing on a quiet machine.
     let rows = 1_500_000;
-    seed(&env.pool, "thr", rows).await;
+    seed(&env.pool, "thr", rows, Customers::Scattered).await;
     exec(&env.pool, "ALTER TABLE thr ADD PRIMARY KEY (id)").await;
     exec(&env.pool, "VACUUM ANALYZE thr").await;
     env.settle().await;
