@@ -1015,6 +1015,10 @@ impl Pgbench {
 /// Seconds of the load alone before each method (its baseline).
 const ALONE_SECS: u64 = 12;
 
+/// One application-impact run of a method: (backfill rows/s, p99 ms, p99 vs the load just before,
+/// p99 vs the load's median p99 alone).
+type AppRun = (f64, f64, f64, f64);
+
 async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
     // Capacity: flat out, 4 clients, 10 s, on a fresh copy.
     env.copy("template", "app").await;
@@ -1027,6 +1031,8 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
     // Each method's paired baseline: the load alone on its table just before it.
     let mut baselines: Vec<Latencies> = Vec::new();
     let mut shorts: Vec<String> = vec!["alone".into()];
+    // The method of each row (its label without the repetition's `#n`).
+    let mut methods_of: Vec<String> = vec!["no backfill".into()];
 
     // What the slowest transactions waited on: (label, in the slowest 1%, whole window) per window.
     let mut waits: Vec<(String, stalls::Tally, stalls::Tally)> = Vec::new();
@@ -1101,6 +1107,7 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
             format!("{batches} | {:.0}%", busy * 100.0),
         ));
         shorts.push(m.short());
+        methods_of.push(m.label());
         exec(&env.pool, &format!("DROP TABLE {t}")).await;
     }
 
@@ -1123,11 +1130,20 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
     let alone_p99s: Vec<f64> = baselines.iter().map(p99).collect();
     let alone_median = median(&alone_p99s);
     let mut chart = Vec::new();
-    for (((label, rps, lat, covered, batches), short), baseline) in table.iter().zip(&shorts).zip(&baselines) {
+    let mut per_method: Vec<(String, Vec<AppRun>)> = Vec::new();
+    for ((((label, rps, lat, covered, batches), short), baseline), method) in
+        table.iter().zip(&shorts).zip(&baselines).zip(&methods_of)
+    {
         let alone_p99 = p99(baseline);
         let all = [lat.by_script[0].clone(), lat.by_script[1].clone()].concat();
         let (s, u) = (&lat.by_script[0], &lat.by_script[1]);
-        let unloaded = durations.get(label).map(|secs| rows as f64 / secs);
+        let unloaded = durations.get(method).map(|secs| rows as f64 / secs);
+        let p99_all = pct(&all, 0.99);
+        let entry = (rps.unwrap_or(f64::NAN), p99_all, p99_all / alone_p99, p99_all / alone_median);
+        match per_method.iter_mut().find(|(m, _)| m == method) {
+            Some((_, v)) => v.push(entry),
+            None => per_method.push((method.clone(), vec![entry])),
+        }
         println!(
             "| {label}{} | {} | {} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} | {alone_p99:.2} | {:.1}× | {:.1}× | {batches} |",
             if *covered { "" } else { " (load ended first)" },
@@ -1154,6 +1170,25 @@ async fn app_impact(env: &Env, rows: usize, durations: &BTreeMap<String, f64>) {
         alone_p99s.iter().copied().fold(f64::INFINITY, f64::min),
         alone_p99s.iter().copied().fold(0.0, f64::max)
     );
+    if app_reps > 1 {
+        println!("\nMedians over the {app_reps} runs of each method (each against its own paired baseline):\n");
+        println!(
+            "| method | runs | backfill rows/s | p99 ms | p99 vs just before | p99 vs median alone | p99 vs median alone, per run |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for (method, runs) in per_method.iter().skip(1) {
+            let col = |f: fn(&AppRun) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+            println!(
+                "| {method} | {} | {:.0} | {:.2} | {:.1}× | {:.1}× | {} |",
+                runs.len(),
+                col(|r| r.0),
+                col(|r| r.1),
+                col(|r| r.2),
+                col(|r| r.3),
+                runs.iter().map(|r| format!("{:.1}×", r.3)).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     latency_chart(&env.out.join("app-latency.svg"), &chart);
 
     println!("\n### What the slowest transactions waited on\n");
