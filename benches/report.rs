@@ -714,7 +714,7 @@ struct IndexVariant {
 /// whether those bursts find deletable entries depends on where the batch boundaries fall in
 /// that period. Measured by hand on this program's table (a client loop of a keyset slice and a
 /// range UPDATE, each its own transaction, backend CPU from /proc, 2026-12-07): batches of 10,000
-/// rows took 8.0–8.9 s of CPU and left the index at 13.2 MB (5 of 6 runs), batches of 9,999 or
+/// rows took 8.0–9.1 s of CPU and left the index at 13.2 MB (9 of 10 runs), batches of 9,999 or
 /// 10,001 rows 6.7–6.9 s and 15.5 MB, as the single statement (5.0–6.0 s, 15.5 MB). On a copy
 /// with scattered customers all of them ended at 16.0 MB. Batches of 9,999 rows show it here.
 async fn secondary_index(env: &Env, rows: usize, reps: usize) {
