@@ -79,6 +79,9 @@ const MAX_TIMEOUTS_AT_MIN: u32 = 5;
 /// Bound on giving a range back when a worker stops.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Bound on recording throttled time in the progress table (see [`ThrottleClock::flush`]).
+const THROTTLE_NOTE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How a range worker ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RangeOutcome {
@@ -435,8 +438,12 @@ impl ThrottleClock {
             job.metrics.add_throttled_seconds(whole as u64);
             self.unreported -= whole;
         }
-        if let Err(e) = ctx.progress.note_throttle(job.name(), reason, add).await {
-            tracing::debug!(job = job.name(), error = %e, "could not record the throttle");
+        // Bounded: with the database gone this would wait out the pool's acquire timeout, holding a
+        // worker from its cancellation (a drain waited 25 s for it). The record is best effort.
+        match tokio::time::timeout(THROTTLE_NOTE_TIMEOUT, ctx.progress.note_throttle(job.name(), reason, add)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(job = job.name(), error = %e, "could not record the throttle"),
+            Err(_) => tracing::debug!(job = job.name(), "no answer recording the throttle"),
         }
         self.last_flush = Some(now);
         if reason.is_none() {

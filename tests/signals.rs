@@ -359,6 +359,33 @@ async fn sigterm_exits_promptly_without_a_database() {
     assert!(sent.elapsed() < Duration::from_secs(3), "took {:?}; log:\n{}", sent.elapsed(), daemon.log());
 }
 
+/// The database lost while a job runs: the job is held (lag unknown) and its worker's writes to the
+/// progress table fail. SIGTERM must not wait out the shutdown timeout (25 s) for them: each such
+/// write is given up within a couple of seconds. (It waited 25 s: the throttle bookkeeping waited
+/// for the pool's 10 s acquire timeout, twice, before the worker looked at its cancellation.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_promptly_after_losing_the_database_mid_job() {
+    let (db, pool) = database(&rows(400)).await;
+    let mut proxy = common::proxy::Proxy::start(cluster().await.primary_port()).await;
+    let jobs = JobsDir::new();
+    jobs.write("lost", &spec("lost", 5, "  pause: 100ms\n"));
+    let mut daemon = Daemon::start(&proxy.url(&db.url), jobs.path(), &[]);
+    wait_job(&pool, "lost", "progress", &daemon, |s| s.rows_updated >= 10).await;
+
+    proxy.down();
+    wait_log(&daemon, "throttled: not writing").await;
+    // Into the held loop's bookkeeping writes, which now fail slowly.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = Instant::now();
+    daemon.terminate();
+    let status = daemon.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log());
+    assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}; log:\n{}", sent.elapsed(), daemon.log());
+    // The worker finished on its own: none was left to abandon at the timeout.
+    assert!(!daemon.log().contains("abandoning workers"), "log:\n{}", daemon.log());
+    proxy.up().await;
+}
+
 /// Wait until the daemon's log has `line`: only to know a signal was taken before the test goes
 /// on (the verdicts come from the database).
 async fn wait_log(daemon: &Daemon, line: &str) {
