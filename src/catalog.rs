@@ -34,7 +34,8 @@ pub struct Resolved {
     pub target: Target,
     /// The unique btree index the keyset walks.
     pub key_index: String,
-    /// `pg_class.reltuples`-based estimate, for progress percentages (never exact on purpose).
+    /// `pg_class.reltuples`-based estimate (0 when unknown), shown while the job waits to start;
+    /// the job's own figure is the planner's, taken when it starts (see [`estimate_rows`]).
     pub estimated_rows: i64,
     /// What the job *means*: table, key, set, where. A change here on a job that has progress is refused.
     pub meaning: serde_json::Value,
@@ -320,6 +321,39 @@ pub struct VerifyFacts {
     pub tuples: f64,
 }
 
+/// How long [`estimate_rows`] waits for the table's ACCESS SHARE lock: behind a migration's
+/// ACCESS EXCLUSIVE it gives up and the caller keeps the figure it has.
+const ESTIMATE_LOCK_TIMEOUT: &str = "1s";
+
+/// The planner's row count for the whole table (partitions and inheritance children included,
+/// as the UPDATE covers them): what `status` measures progress against.
+///
+/// `pg_class.reltuples` alone is -1 until the first VACUUM or ANALYZE, stays -1 on a partitioned
+/// parent (autovacuum never analyzes one) and goes stale as the table grows; the planner scales
+/// the last measured density to the table's current size, or guesses it from the column widths.
+/// `None` when the plan has no row count (never seen): the caller keeps what it had.
+pub async fn estimate_rows(conn: &mut PgConnection, table: &QualifiedName) -> Result<Option<i64>, DbError> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    // Literal constants: nothing from the spec reaches these statements but the quoted name.
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL lock_timeout = '{ESTIMATE_LOCK_TIMEOUT}'")))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL statement_timeout = '5s'").execute(&mut *tx).await?;
+    let plan: serde_json::Value =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {}", table.quoted())))
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.rollback().await?;
+    Ok(plan_rows(&plan))
+}
+
+/// `Plan Rows` of the top plan node of `EXPLAIN (FORMAT JSON)` output.
+fn plan_rows(plan: &serde_json::Value) -> Option<i64> {
+    let rows = plan.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64()?;
+    (rows.is_finite() && rows >= 0.0).then_some(rows.round() as i64)
+}
+
 /// Read [`VerifyFacts`] from the catalog alone: no lock on the table, so a lock held on it (a
 /// migration's ACCESS EXCLUSIVE) holds up the first chunk, under the job's timeouts, not this.
 /// `None` when the table is gone.
@@ -337,4 +371,18 @@ pub async fn verify_facts(conn: &mut PgConnection, table: &QualifiedName) -> Res
         pages,
         tuples,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_rows;
+
+    #[test]
+    fn plan_rows_reads_the_top_node() {
+        let plan = serde_json::json!([{"Plan": {"Node Type": "Append", "Plan Rows": 1048576.0,
+            "Plans": [{"Node Type": "Seq Scan", "Plan Rows": 12.0}]}}]);
+        assert_eq!(plan_rows(&plan), Some(1_048_576));
+        assert_eq!(plan_rows(&serde_json::json!([{"Plan": {"Node Type": "Result"}}])), None);
+        assert_eq!(plan_rows(&serde_json::json!({"Plan": {"Plan Rows": 3}})), None);
+    }
 }

@@ -175,6 +175,17 @@ ALTER TABLE {schema}.jobs
     ADD COLUMN verify_block bigint;
 "#,
     ),
+    (
+        10,
+        // Working time, measured by the worker of each range (throttle and schedule holds
+        // excluded), and the rows scanned in it: `status`'s rows/s and ETA. Wall time since the
+        // start counted every hour a job spent refused, orphaned or waiting for a daemon as work.
+        r#"
+ALTER TABLE {schema}.ranges
+    ADD COLUMN worked_seconds double precision NOT NULL DEFAULT 0,
+    ADD COLUMN worked_rows    bigint NOT NULL DEFAULT 0;
+"#,
+    ),
 ];
 
 #[derive(Debug, Error)]
@@ -288,8 +299,14 @@ pub struct JobRow {
     pub rows_updated: i64,
     pub rows_scanned: i64,
     pub batches: i64,
+    /// Working time summed over the ranges' workers, and the rows they scanned in it (see
+    /// migration 10; rows done before it are in neither).
+    pub worked_seconds: f64,
+    pub worked_rows: i64,
     pub ranges: i64,
     pub ranges_done: i64,
+    /// Open ranges a live daemon holds: the workers on the job right now.
+    pub ranges_held: i64,
     /// Rows the completion check has examined so far (it runs in chunks once every range is done).
     pub verify_checked: i64,
     pub owners: Vec<String>,
@@ -380,6 +397,8 @@ pub struct Advance<'a> {
     /// The range is finished.
     pub done: bool,
     pub batch_size: i64,
+    /// The worker's working time since the previous batch it committed (or its claim).
+    pub worked: std::time::Duration,
 }
 
 /// The schema version this build migrates to (the newest entry of `MIGRATIONS`).
@@ -529,7 +548,14 @@ impl Progress {
 
     /// Fix a job's key ranges, once. Returns false when another daemon planned it first.
     /// `ranges` is empty for an empty table: the job is then completed at once.
-    pub async fn plan(&self, name: &str, ranges: &[(Option<KeyValue>, KeyValue)]) -> Result<bool, ProgressError> {
+    /// `estimated_rows`: the planner's figure at the start (see [`crate::catalog::estimate_rows`]);
+    /// `None` keeps the one recorded at registration.
+    pub async fn plan(
+        &self,
+        name: &str,
+        ranges: &[(Option<KeyValue>, KeyValue)],
+        estimated_rows: Option<i64>,
+    ) -> Result<bool, ProgressError> {
         let mut tx = self.pool.begin().await?;
         let planned: Option<bool> =
             sqlx::query_scalar(self.sql("SELECT planned FROM {schema}.jobs WHERE name = $1 FOR UPDATE"))
@@ -556,9 +582,10 @@ impl Progress {
             "UPDATE {schema}.jobs SET planned = true, started_at = coalesce(started_at, now()), \
              state = CASE WHEN state = 'pending' THEN 'running' ELSE state END, \
              state_changed_at = CASE WHEN state = 'pending' THEN now() ELSE state_changed_at END, \
-             updated_at = now() WHERE name = $1",
+             estimated_rows = coalesce($2, estimated_rows), updated_at = now() WHERE name = $1",
         ))
         .bind(name)
+        .bind(estimated_rows)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -709,10 +736,11 @@ impl Progress {
 
     /// Last statement of a batch transaction: move the cursor and counters.
     pub async fn advance(&self, tx: &mut Tx<'_>, claim: &Claim, step: &Advance<'_>) -> Result<(), ProgressError> {
-        let Advance { cursor, scanned, updated, done, batch_size } = *step;
+        let Advance { cursor, scanned, updated, done, batch_size, worked } = *step;
         sqlx::query(self.sql(
             "UPDATE {schema}.ranges SET cursor = coalesce($5, cursor), rows_scanned = rows_scanned + $6, \
              rows_updated = rows_updated + $7, batches = batches + 1, done = $8, batch_size = $9, \
+             worked_seconds = worked_seconds + $11, worked_rows = worked_rows + $6, \
              updated_at = now(), owner = CASE WHEN $8 THEN NULL ELSE owner END, \
              lease_until = clock_timestamp() + $10 * interval '1 millisecond' \
              WHERE job = $1 AND range_no = $2 AND owner = $3 AND epoch = $4",
@@ -727,6 +755,7 @@ impl Progress {
         .bind(done)
         .bind(batch_size)
         .bind(claim.lease.as_millis() as f64)
+        .bind(worked.as_secs_f64())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -890,6 +919,16 @@ impl Progress {
         Ok(())
     }
 
+    /// Replace a job's row estimate (one that was unknown when it started).
+    pub async fn set_estimate(&self, name: &str, estimated_rows: i64) -> Result<(), ProgressError> {
+        sqlx::query(self.sql("UPDATE {schema}.jobs SET estimated_rows = $2 WHERE name = $1"))
+            .bind(name)
+            .bind(estimated_rows)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Record a transient error without changing state (shown by `status` while retrying).
     pub async fn note_error(&self, name: &str, error: Option<&str>) -> Result<(), ProgressError> {
         sqlx::query(self.sql("UPDATE {schema}.jobs SET last_error = $2, updated_at = now() WHERE name = $1"))
@@ -1008,6 +1047,8 @@ impl Progress {
              j.throttle_reason, j.throttled_seconds, j.paused_seconds, j.paused_via, j.paused_by, j.created_at, j.started_at, j.finished_at, \
              j.state_changed_at, j.verify_checked, coalesce(sum(r.rows_updated), 0)::int8 AS rows_updated, \
              coalesce(sum(r.rows_scanned), 0)::int8 AS rows_scanned, coalesce(sum(r.batches), 0)::int8 AS batches, \
+             coalesce(sum(r.worked_seconds), 0)::float8 AS worked_seconds, coalesce(sum(r.worked_rows), 0)::int8 AS worked_rows, \
+             count(r.range_no) FILTER (WHERE NOT r.done AND r.owner IS NOT NULL AND r.lease_until > now()) AS ranges_held, \
              count(r.range_no) AS ranges, count(r.range_no) FILTER (WHERE r.done) AS ranges_done, \
              coalesce(array_agg(DISTINCT r.owner) FILTER (WHERE r.owner IS NOT NULL AND r.lease_until > now()), '{}') AS owners, \
              max(r.batch_size) FILTER (WHERE NOT r.done) AS batch_size, \
@@ -1059,8 +1100,11 @@ impl Progress {
                     rows_updated: r.try_get("rows_updated")?,
                     rows_scanned: r.try_get("rows_scanned")?,
                     batches: r.try_get("batches")?,
+                    worked_seconds: r.try_get("worked_seconds")?,
+                    worked_rows: r.try_get("worked_rows")?,
                     ranges: r.try_get("ranges")?,
                     ranges_done: r.try_get("ranges_done")?,
+                    ranges_held: r.try_get("ranges_held")?,
                     verify_checked: r.try_get("verify_checked")?,
                     owners: r.try_get("owners")?,
                     verifier: r.try_get("verifier")?,
@@ -1104,8 +1148,11 @@ impl Progress {
                 rows_updated: 0,
                 rows_scanned: 0,
                 batches: 0,
+                worked_seconds: 0.0,
+                worked_rows: 0,
                 ranges: 0,
                 ranges_done: 0,
+                ranges_held: 0,
                 verify_checked: 0,
                 owners: Vec::new(),
                 verifier: None,

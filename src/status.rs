@@ -146,7 +146,10 @@ pub struct JobStatus {
     pub key_position: Option<Vec<String>>,
     pub key_sensitive: bool,
     pub throttled_seconds: f64,
+    /// Every pause, the current one included.
     pub paused_seconds: f64,
+    /// While paused: how long this pause has lasted.
+    pub paused_for_seconds: Option<f64>,
     /// While paused: who paused it and how ("SIGUSR1 to daemon … at …", "pgbackfill pause by …").
     pub paused_by: Option<String>,
     pub ranges: i64,
@@ -171,8 +174,11 @@ impl JobStatus {
             0.0
         };
         let live = matches!(state, JobState::Running | JobState::Held);
-        let working = elapsed.map(|e| (e - r.paused_seconds - paused_now - r.throttled_seconds).max(0.0));
-        let rate = working.filter(|w| live && *w > 0.5).map(|w| r.rows_scanned as f64 / w);
+        // Each worker's rate over its own working time, times the workers on the job now. Wall
+        // time since the start would count every hour the job was refused, orphaned, paused or
+        // throttled as work, and the rate would never recover from it.
+        let per_worker = (live && r.worked_seconds > 0.5).then(|| r.worked_rows as f64 / r.worked_seconds);
+        let rate = per_worker.map(|w| w * r.ranges_held.max(1) as f64);
         let estimated = r.estimated_rows.filter(|e| *e > 0);
         let percent = match r.state {
             State::Completed => Some(100.0),
@@ -216,6 +222,7 @@ impl JobStatus {
             key_sensitive: r.key_sensitive,
             throttled_seconds: r.throttled_seconds,
             paused_seconds: r.paused_seconds + paused_now,
+            paused_for_seconds: (r.state == State::Paused).then_some(paused_now),
             paused_by: r.paused_by.clone().filter(|_| r.state == State::Paused),
             ranges: r.ranges,
             ranges_done: r.ranges_done,
@@ -358,12 +365,15 @@ pub fn details(j: &JobStatus) -> Vec<String> {
     if j.throttled_seconds >= 1.0 {
         progress.push(format!("{:.0}s throttled in total", j.throttled_seconds));
     }
-    if j.stored_state == State::Paused {
-        let mut p = format!("paused for {}", duration(j.paused_seconds));
+    if let Some(now) = j.paused_for_seconds {
+        let mut p = format!("paused for {}", duration(now));
         if let Some(by) = &j.paused_by {
             p.push_str(&format!(" ({by})"));
         }
         progress.push(p);
+        if j.paused_seconds - now >= 1.0 {
+            progress.push(format!("{} paused in total", duration(j.paused_seconds)));
+        }
     }
     if !progress.is_empty() {
         lines.push(progress.join("; "));

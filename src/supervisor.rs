@@ -815,9 +815,10 @@ impl Supervisor {
             return Ok(Some(row.state));
         }
         if !row.planned {
-            match plan_ranges(&self.ctx.pool, &job).await {
+            let estimated = estimate_rows(&self.ctx.pool, &job).await;
+            match plan_ranges(&self.ctx.pool, &job, estimated.unwrap_or(job.resolved.estimated_rows)).await {
                 Ok(ranges) => {
-                    if let Err(e) = self.ctx.progress.plan(&name, &ranges).await {
+                    if let Err(e) = self.ctx.progress.plan(&name, &ranges, estimated).await {
                         tracing::warn!(job = %name, error = %e, "could not plan ranges; will retry");
                         self.unsettled = true;
                         return Ok(None);
@@ -828,6 +829,15 @@ impl Supervisor {
                     tracing::warn!(job = %name, error = %crate::error::sql(&e), "could not plan ranges; will retry");
                     self.unsettled = true;
                     return Ok(None);
+                }
+            }
+        } else if row.estimated_rows.unwrap_or(0) <= 0 {
+            // Started without a figure (the estimate failed then): `status` and the progress
+            // gauge would show no percentage or ETA for the whole job.
+            if let Some(rows) = estimate_rows(&self.ctx.pool, &job).await.filter(|r| *r > 0) {
+                match self.ctx.progress.set_estimate(&name, rows).await {
+                    Ok(()) => tracing::info!(job = %name, estimated_rows = rows, "row estimate recorded"),
+                    Err(e) => tracing::debug!(job = %name, error = %e, "could not record the row estimate"),
                 }
             }
         }
@@ -1017,7 +1027,28 @@ fn spec_json(spec: &JobSpec) -> serde_json::Value {
 /// Fix a job's key ranges: the upper bound is today's largest key (rows inserted later are the
 /// application's dual-write responsibility); with `concurrency > 1` the boundaries are quantiles of
 /// the key distribution (from a sample), not an even split of min..max that sparse keys would skew.
-pub async fn plan_ranges(pool: &PgPool, job: &Job) -> Result<Vec<(Option<KeyValue>, KeyValue)>, sqlx::Error> {
+/// The planner's row estimate of the job's table (see [`catalog::estimate_rows`]), or `None`
+/// when it cannot be had now (the table locked, the database busy): progress is then shown
+/// without a percentage until a later scan gets one.
+async fn estimate_rows(pool: &PgPool, job: &Job) -> Option<i64> {
+    let result = match pool.acquire().await {
+        Ok(mut conn) => catalog::estimate_rows(&mut conn, &job.resolved.target.table).await,
+        Err(e) => Err(e),
+    };
+    result
+        .inspect_err(
+            |e| tracing::debug!(job = job.name(), error = %crate::error::sql(e), "could not estimate the table's rows"),
+        )
+        .ok()
+        .flatten()
+}
+
+/// `estimated_rows` sizes the key sample (with `concurrency` above 1).
+pub async fn plan_ranges(
+    pool: &PgPool,
+    job: &Job,
+    estimated_rows: i64,
+) -> Result<Vec<(Option<KeyValue>, KeyValue)>, sqlx::Error> {
     let statements = &job.statements;
     let mut conn = pool.acquire().await?;
     let upper: Option<Vec<String>> =
@@ -1030,7 +1061,7 @@ pub async fn plan_ranges(pool: &PgPool, job: &Job) -> Result<Vec<(Option<KeyValu
     // Aim for ~20k sampled keys: every key of a small table, a block sample of a large one. The
     // estimate can be stale, so a sample that hits the limit is retried ten times sparser.
     const LIMIT: i64 = 100_000;
-    let estimated = job.resolved.estimated_rows.max(1) as f64;
+    let estimated = estimated_rows.max(1) as f64;
     let mut pct = (20_000.0 * 100.0 / estimated).min(100.0);
     let keys: Vec<Vec<String>> = loop {
         let sample = if pct >= 100.0 { String::new() } else { format!(" TABLESAMPLE SYSTEM ({pct:.6})") };

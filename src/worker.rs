@@ -125,6 +125,8 @@ enum Step {
         done: bool,
         waiters: i64,
         phases: Phases,
+        /// Working time is counted up to here in the batch's progress row.
+        counted_until: Instant,
     },
     NotRunning(State),
     Lost,
@@ -151,17 +153,22 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
     // Set when a batch's own lag reading held it: the controller's measurements from before that
     // reading are not trusted to let the next batch go.
     let mut held: Option<Held> = None;
+    // Working time not yet recorded: everything since the claim or the last committed batch but
+    // the waits at the throttle gate (throttle, schedule), which `status` counts apart.
+    let mut worked = WorkClock::new();
     tracing::info!(job = %name, range = claim.range_no, epoch = claim.epoch, "range claimed");
 
     let outcome = loop {
         if cancel.is_cancelled() {
             break RangeOutcome::Stopped;
         }
+        worked.stop();
         let Some(scale) =
             wait_for_gate(&ctx, &job, &mut gate, &mut measurements, &mut throttle, held.take(), &cancel).await
         else {
             break RangeOutcome::Stopped;
         };
+        worked.start();
         // `throttle.max_rate`: no batch larger than a second of this worker's share of the rate.
         let per_worker_rate = job.spec.throttle.max_rate.map(|r| r as f64 / job.spec.concurrency.max(1) as f64);
         let limit = match per_worker_rate {
@@ -174,16 +181,18 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
         // Dropping the attempt is safe: the batch rolls back and the cursor is re-read next time.
         let t = &job.spec.timeouts;
         let bound = t.lock + t.statement + batch::IDLE_IN_BATCH_TIMEOUT;
-        let attempt = match tokio::time::timeout(bound, one_batch(&ctx, &job, &gate, &claim, limit, &cancel)).await {
-            Ok(result) => result,
-            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer from the database within {}s", bound.as_secs()),
-            ))),
-        };
+        let attempt =
+            match tokio::time::timeout(bound, one_batch(&ctx, &job, &gate, &claim, limit, &worked, &cancel)).await {
+                Ok(result) => result,
+                Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer from the database within {}s", bound.as_secs()),
+                ))),
+            };
         match attempt {
-            Ok(Step::Advanced { scanned, updated, done, waiters, phases }) => {
+            Ok(Step::Advanced { scanned, updated, done, waiters, phases, counted_until }) => {
                 let elapsed = started.elapsed();
+                worked.counted(counted_until);
                 timeouts_at_min = 0;
                 if backoff.attempts() > 0 {
                     // The transient error is over: `status` must not keep showing it on a job that
@@ -317,6 +326,7 @@ async fn one_batch(
     gate: &Gate,
     claim: &Claim,
     limit: i64,
+    worked: &WorkClock,
     cancel: &CancellationToken,
 ) -> Result<Step, sqlx::Error> {
     let t = &job.spec.timeouts;
@@ -339,7 +349,8 @@ async fn one_batch(
         other => return Ok(Step::NotRunning(other)),
     }
     if locked.done {
-        return Ok(Step::Advanced { scanned: 0, updated: 0, done: true, waiters: 0, phases });
+        let counted_until = worked.since;
+        return Ok(Step::Advanced { scanned: 0, updated: 0, done: true, waiters: 0, phases, counted_until });
     }
     // The gate let this batch go on the controller's last poll, which may be up to a poll interval
     // old: several batches could commit on it after the lag crossed a limit. Read the lag again
@@ -356,18 +367,61 @@ async fn one_batch(
     let waiters = batch::lock_waiters(&mut tx).await?;
     phases.waiters = Phases::lap(&mut lap);
     let done = result.scanned < limit || result.cursor.as_ref() == Some(&locked.upper_bound);
+    let counted_until = Instant::now();
     let step = Advance {
         cursor: result.cursor.as_ref(),
         scanned: result.scanned,
         updated: result.updated,
         done,
         batch_size: limit,
+        worked: worked.until(counted_until),
     };
     ctx.progress.advance(&mut tx, claim, &step).await.map_err(db_error)?;
     phases.advance = Phases::lap(&mut lap);
     tx.commit().await?;
     phases.commit = Phases::lap(&mut lap);
-    Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done, waiters, phases })
+    Ok(Step::Advanced { scanned: result.scanned, updated: result.updated, done, waiters, phases, counted_until })
+}
+
+/// A range worker's working time not yet recorded in its progress row. A batch that rolls back
+/// records nothing, so its time goes with the next batch that commits.
+struct WorkClock {
+    /// Recorded up to here.
+    since: Instant,
+    /// Time held at the gate since then, not work.
+    held: Duration,
+    /// Where the current hold began.
+    hold_from: Option<Instant>,
+}
+
+impl WorkClock {
+    fn new() -> Self {
+        Self { since: Instant::now(), held: Duration::ZERO, hold_from: None }
+    }
+
+    /// The worker reaches the throttle gate.
+    fn stop(&mut self) {
+        self.hold_from = Some(Instant::now());
+    }
+
+    /// The gate lets it go.
+    fn start(&mut self) {
+        if let Some(from) = self.hold_from.take() {
+            self.held += from.elapsed();
+        }
+    }
+
+    /// Working time from `since` to `now`.
+    fn until(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.since).saturating_sub(self.held)
+    }
+
+    /// A batch recorded the time up to `at`.
+    fn counted(&mut self, at: Instant) {
+        self.since = at;
+        self.held = Duration::ZERO;
+        self.hold_from = None;
+    }
 }
 
 /// Where a batch's time went, in microseconds per step, for the debug log: the benchmark reads

@@ -142,6 +142,67 @@ async fn status_shows_running_paused_and_orphaned_for_what_they_are() {
     assert!(!text.contains("running"), "{text}");
 }
 
+/// A table never vacuumed or analyzed (`reltuples` -1) still gets a row estimate, so `%`, ETA and
+/// the progress gauge are shown; rows/s is over the time workers ran the job, so hours without a
+/// daemon do not drag it down; `paused for` times the current pause.
+#[tokio::test]
+async fn progress_rate_and_pauses_are_measured_over_the_right_time() {
+    let (db, pool) = database(
+        "CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0) WITH (autovacuum_enabled = false);
+         INSERT INTO t (id) SELECT g FROM generate_series(1, 3000) g;",
+    )
+    .await;
+    let reltuples: f32 =
+        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = 't'::regclass").fetch_one(&pool).await.unwrap();
+    assert!(reltuples <= 0.0, "the table must have no statistics for this test: reltuples {reltuples}");
+    let jobs = JobsDir::new();
+    jobs.write("job", &slow("nostats"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_json_state(&db.url, "nostats", "running", &daemon).await;
+    let mut j = Value::Null;
+    wait_until(REACT, "a percentage and an ETA", || {
+        j = status_json(&db.url, "nostats");
+        let shown = j["percent"].is_number() && j["eta_seconds"].is_number();
+        async move { shown }
+    })
+    .await;
+    let estimated = j["estimated_rows"].as_i64().unwrap_or_default();
+    assert!((1_500..=6_000).contains(&estimated), "the planner's estimate of 3000 rows: {j}");
+
+    // Two seconds of work, eight without a daemon, then work again: the rate is the working one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &[]);
+    wait_json_state(&db.url, "nostats", "running", &daemon).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let j = status_json(&db.url, "nostats");
+    let rate = j["rows_per_second"].as_f64().unwrap_or_default();
+    let elapsed = j["elapsed_seconds"].as_f64().unwrap_or_default();
+    let scanned = j["rows_scanned"].as_f64().unwrap_or_default();
+    assert!(elapsed > 10.0 && scanned > 0.0, "{j}");
+    // Wall time since the start is more than twice the working time here.
+    assert!(rate > 2.0 * scanned / elapsed, "rows/s {rate} counts the time without a daemon: {j}");
+    assert!(j["eta_seconds"].is_number(), "{j}");
+
+    // A second pause: `paused for` is this one, the total follows.
+    assert!(cli(&db.url, &["pause", "nostats"]).status.success());
+    wait_json_state(&db.url, "nostats", "paused", &daemon).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(cli(&db.url, &["resume", "nostats"]).status.success());
+    wait_json_state(&db.url, "nostats", "running", &daemon).await;
+    assert!(cli(&db.url, &["pause", "nostats"]).status.success());
+    let j = wait_json_state(&db.url, "nostats", "paused", &daemon).await;
+    let now = j["paused_for_seconds"].as_f64().unwrap_or(f64::NAN);
+    let total = j["paused_seconds"].as_f64().unwrap_or_default();
+    assert!(now < 2.0 && total >= 3.0, "this pause {now}, all pauses {total}: {j}");
+    let text = status_text(&db.url, "nostats");
+    assert!(text.contains("paused for ") && text.contains("paused in total"), "{text}");
+    daemon.terminate();
+    assert_eq!(daemon.wait_exit(REACT).code(), Some(0), "log:\n{}", daemon.log());
+}
+
 fn text_of(out: &Output) -> String {
     text(out)
 }
