@@ -363,7 +363,7 @@ async fn meaning_changed(
     }))
 }
 
-/// Prepare the batch statement and inspect its plan.
+/// Prepare the batch statements and inspect their plans.
 async fn check_statements(
     conn: &mut sqlx::PgConnection,
     resolved: &Resolved,
@@ -372,16 +372,18 @@ async fn check_statements(
 ) -> Result<Vec<catalog::Finding>, sqlx::Error> {
     use sqlx::{Executor, SqlSafeStr};
     let statements = resolved.target.statements();
-    if let Err(e) = conn.prepare(sqlx::AssertSqlSafe(statements.next_batch.clone()).into_sql_str()).await {
-        let (field, hint) = blame(&e, spec, &statements.next_batch);
-        return match e {
-            sqlx::Error::Database(db) => Ok(vec![catalog::Finding {
-                field,
-                message: format!("the batch statement does not prepare: {}", db.message()),
-                hint,
-            }]),
-            other => Err(other),
-        };
+    for sql in [&statements.next_slice, &statements.next_update] {
+        if let Err(e) = conn.prepare(sqlx::AssertSqlSafe(sql.clone()).into_sql_str()).await {
+            let (field, hint) = blame(&e, spec, sql);
+            return match e {
+                sqlx::Error::Database(db) => Ok(vec![catalog::Finding {
+                    field,
+                    message: format!("the batch statement does not prepare: {}", db.message()),
+                    hint,
+                }]),
+                other => Err(other),
+            };
+        }
     }
     // Plan a realistic mid-job batch: the upper bound at the largest key, the cursor about one
     // batch in. (A cursor at the largest key would plan an empty range, which always looks cheap.)
@@ -399,14 +401,26 @@ async fn check_statements(
     // Capped: reading a few thousand keys is enough to be past the start, and stays cheap.
     let first_keys = first_keys.bind(spec.batch.start_size().clamp(1, 10_000)).fetch_all(&mut *conn).await?;
     let cursor = first_keys.last().unwrap_or(&max);
-    let mut q = sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN (FORMAT JSON) {}",
-        statements.next_batch
-    )));
+    let explain = |sql: &str| {
+        sqlx::query_scalar::<_, serde_json::Value>(sqlx::AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {sql}")))
+    };
+    let mut q = explain(&statements.next_slice);
     for v in cursor.iter().chain(max.iter()) {
         q = q.bind(v);
     }
-    let plan = q.bind(spec.batch.start_size()).fetch_one(&mut *conn).await?;
+    let slice_plan = q.bind(spec.batch.start_size()).fetch_one(&mut *conn).await?;
+    // The UPDATE is planned for the key range of that slice. Reading the slice's keys is a read.
+    let mut q = sqlx::query_as::<_, (i64, Option<Vec<String>>)>(sqlx::AssertSqlSafe(statements.next_slice.as_str()));
+    for v in cursor.iter().chain(max.iter()) {
+        q = q.bind(v);
+    }
+    let (_, last) = q.bind(spec.batch.start_size()).fetch_one(&mut *conn).await?;
+    let last = last.unwrap_or_else(|| max.clone());
+    let mut q = explain(&statements.next_update);
+    for v in cursor.iter().chain(last.iter()) {
+        q = q.bind(v);
+    }
+    let plan = q.fetch_one(&mut *conn).await?;
     // On a partitioned table the plan names each partition's index, not the parent's.
     let key_indexes: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_partition_tree(to_regclass($1)) p JOIN pg_class c ON c.oid = p.relid",
@@ -472,7 +486,7 @@ async fn check_statements(
     let table_name = &resolved.target.table.name;
     let mut seq = false;
     let mut uses_index = false;
-    walk_plan(&plan, &mut |node| {
+    walk_plan(&slice_plan, &mut |node| {
         let ty = node.get("Node Type").and_then(|v| v.as_str()).unwrap_or("");
         let rel = node.get("Relation Name").and_then(|v| v.as_str()).unwrap_or("");
         let idx = node.get("Index Name").and_then(|v| v.as_str()).unwrap_or("");

@@ -565,15 +565,14 @@ async fn an_update_that_walks_a_where_index_is_refused() {
     let jobs = JobsDir::new();
     let file = jobs.write("job", &yaml);
 
-    // The statement check plans, with the binds it uses: cursor one batch in, upper bound at the max.
+    // The statement check plans the UPDATE as it does: cursor one batch in, a batch's key range.
     let spec = pgbackfill::spec::parse_str(&file, &yaml).expect("valid spec");
     let mut conn = pool.acquire().await.unwrap();
     let resolved = pgbackfill::catalog::resolve(&mut conn, &spec).await.unwrap().expect("resolves");
-    let sql = resolved.target.statements().next_batch;
+    let sql = resolved.target.statements().next_update;
     let plan: Value = sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {sql}")))
         .bind("1000")
-        .bind("200000")
-        .bind(1000_i64)
+        .bind("2000")
         .fetch_one(&mut *conn)
         .await
         .unwrap();

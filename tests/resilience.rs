@@ -287,7 +287,7 @@ async fn a_database_restart_mid_job_is_retried() {
         }
         let active: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE 'WITH slice%'",
+             AND pid <> pg_backend_pid() AND state = 'active' AND query LIKE 'UPDATE %items%'",
         )
         .fetch_one(&pool)
         .await
