@@ -47,6 +47,16 @@ const PERCENT_ENCODE_HINT: &str = "percent-encode special characters in the user
      (@ as %40, / as %2F, : as %3A, ? as %3F, # as %23, % as %25), or use a libpq key=value string \
      (host=… port=… dbname=… user=… password='…')";
 
+/// The fix for a URL the driver refused: a bad `sslmode` is a bad `sslmode`; anything else is most
+/// often a special character of the password read as part of the URL.
+fn url_hint(driver_message: &str) -> &'static str {
+    if driver_message.contains("ssl_mode") {
+        "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full"
+    } else {
+        PERCENT_ENCODE_HINT
+    }
+}
+
 fn config(message: String) -> sqlx::Error {
     sqlx::Error::Configuration(message.into())
 }
@@ -147,7 +157,7 @@ pub fn parse_target(conn: &str) -> Result<PgConnectOptions, sqlx::Error> {
             ))),
             Ok(_) => PgConnectOptions::from_str(s).map_err(|e| match e {
                 sqlx::Error::Configuration(inner) => {
-                    config(format!("invalid database URL ({inner}); {PERCENT_ENCODE_HINT}"))
+                    config(format!("invalid database URL ({inner}); {}", url_hint(&inner.to_string())))
                 }
                 other => other,
             }),
@@ -158,8 +168,14 @@ pub fn parse_target(conn: &str) -> Result<PgConnectOptions, sqlx::Error> {
         // Through the driver's own URL form, so both spellings mean exactly the same.
         let mut url = url::Url::parse("postgres://").map_err(|e| config(e.to_string()))?;
         url.query_pairs_mut().extend_pairs(pairs.iter());
-        PgConnectOptions::from_str(url.as_str())
-            .map_err(|e| config(format!("invalid key=value connection string: {}", crate::error::sql(&e))))
+        PgConnectOptions::from_str(url.as_str()).map_err(|e| {
+            let message = crate::error::sql(&e);
+            if message.contains("ssl_mode") {
+                config(format!("invalid key=value connection string: {message}; {}", url_hint(&message)))
+            } else {
+                config(format!("invalid key=value connection string: {message}"))
+            }
+        })
     } else {
         Err(config(
             "the database URL must be a postgres:// (or postgresql://) URL, or a libpq key=value string \
@@ -426,6 +442,14 @@ mod tests {
         // An unescaped `@` is read like the driver reads it: everything before the last `@`.
         assert_eq!(redact_url("postgres://app:p@ss@db/x"), "postgres://app@db/x");
         assert_eq!(target("postgres://app:p@ss@db/x"), "db:5432/x as app");
+    }
+
+    #[test]
+    fn a_bad_sslmode_is_named_with_its_values() {
+        for conn in ["postgres://app@db/x?sslmode=requir", "host=db user=app sslmode=requir"] {
+            let e = parse_target(conn).unwrap_err().to_string();
+            assert!(e.contains("verify-full") && !e.contains("percent-encode"), "{conn}: {e}");
+        }
     }
 
     #[test]

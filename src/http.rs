@@ -158,15 +158,17 @@ where
 }
 
 async fn status(State(s): State<AppState>) -> Response {
-    let json = |code, value: &serde_json::Value| {
-        let body = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".into()) + "\n";
-        (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let json = |code, body: String| (code, [(header::CONTENT_TYPE, "application/json")], body + "\n").into_response();
+    let error = |message: String| {
+        let body = serde_json::json!({ "error": message }).to_string();
+        json(StatusCode::SERVICE_UNAVAILABLE, body)
     };
-    let error = |message: String| json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({ "error": message }));
     match with_cause(&s.pool, STATUS_TIMEOUT, crate::status::report(&s.pool, &s.progress, None)).await {
         Err(cause) => error(cause),
-        Ok(report) => match serde_json::to_value(&report) {
-            Ok(v) => json(StatusCode::OK, &v),
+        // Serialized from the report itself, as `status --json` does, so the keys come in the same
+        // order (a `serde_json::Value` on the way would sort them).
+        Ok(report) => match serde_json::to_string_pretty(&report) {
+            Ok(body) => json(StatusCode::OK, body),
             Err(e) => error(format!("cannot serialize the status: {e}")),
         },
     }

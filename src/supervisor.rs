@@ -407,8 +407,10 @@ impl Supervisor {
         let application_name = pool.connect_options().get_application_name().unwrap_or("pgbackfill").to_string();
         match db::connect_options(&url, &application_name) {
             Ok(options) => {
+                // Named as every other message names it: `host:port/database as user`.
+                let target = db::describe_target(&options);
                 pool.set_connect_options(options);
-                tracing::info!(database = %db::redact_url(&url), "database URL re-read: new connections use it");
+                tracing::info!(database = %target, "database URL re-read: new connections use it");
             }
             Err(e) => tracing::error!(
                 file = %file.display(),

@@ -222,9 +222,21 @@ async fn running_daemon_serves_health_readiness_status_and_the_full_metrics_cont
     wait_state(&pool, "held", "completed", DEADLINE, Some(&daemon)).await;
     let (code, served) = get("localhost", port, "/status").await.expect("/status");
     assert_eq!(code, 200, "{served}");
+    let served_text = served.clone();
     let served: serde_json::Value = serde_json::from_str(&served).expect("/status is JSON");
     let out = cli(&db.url, &["status", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same keys in the same order, as a person comparing the two texts reads them.
+    let key_order = |text: &str| {
+        text.lines()
+            .filter_map(|l| {
+                l.trim_start().strip_prefix('"').and_then(|r| r.split_once("\":")).map(|(k, _)| k.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    let printed_text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(key_order(&served_text).len() > 10, "{served_text}");
+    assert_eq!(key_order(&served_text), key_order(&printed_text), "{served_text}\n{printed_text}");
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
     // Leases of the finished ranges run out in between: `owners` may differ; everything else is equal.
     let jobs_without_owners = |v: &serde_json::Value| {

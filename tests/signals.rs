@@ -280,6 +280,9 @@ async fn sighup_rereads_a_rotated_url_file() {
     assert_eq!(daemon.wait_exit(DEADLINE).code(), Some(0), "log:\n{}", daemon.log());
     let log = daemon.log();
     assert!(!log.contains("old-secret-1") && !log.contains("new-secret-2"), "a password in the log:\n{log}");
+    // The re-read names its target as every other message does: `host:port/database as user`.
+    let reread = log.lines().find(|l| l.contains("database URL re-read")).unwrap_or_default();
+    assert!(reread.contains(&format!("/{} as {role}", db.name)), "{reread}\nlog:\n{log}");
 }
 
 /// SIGTERM while a batch waits on a row lock another session holds: the batch is cancelled on the
