@@ -47,14 +47,11 @@ const PERCENT_ENCODE_HINT: &str = "percent-encode special characters in the user
      (@ as %40, / as %2F, : as %3A, ? as %3F, # as %23, % as %25), or use a libpq key=value string \
      (host=… port=… dbname=… user=… password='…')";
 
-/// The fix for a URL the driver refused: a bad `sslmode` is a bad `sslmode`; anything else is most
-/// often a special character of the password read as part of the URL.
-fn url_hint(driver_message: &str) -> &'static str {
-    if driver_message.contains("ssl_mode") {
-        "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full"
-    } else {
-        PERCENT_ENCODE_HINT
-    }
+/// The fix for a connection string the driver refused over its `sslmode`, if that is what it was.
+fn sslmode_hint(driver_message: &str) -> Option<&'static str> {
+    driver_message
+        .contains("ssl_mode")
+        .then_some("sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full")
 }
 
 fn config(message: String) -> sqlx::Error {
@@ -157,7 +154,10 @@ pub fn parse_target(conn: &str) -> Result<PgConnectOptions, sqlx::Error> {
             ))),
             Ok(_) => PgConnectOptions::from_str(s).map_err(|e| match e {
                 sqlx::Error::Configuration(inner) => {
-                    config(format!("invalid database URL ({inner}); {}", url_hint(&inner.to_string())))
+                    // Anything but a bad sslmode is most often a special character of the
+                    // password read as part of the URL.
+                    let hint = sslmode_hint(&inner.to_string()).unwrap_or(PERCENT_ENCODE_HINT);
+                    config(format!("invalid database URL ({inner}); {hint}"))
                 }
                 other => other,
             }),
@@ -170,10 +170,9 @@ pub fn parse_target(conn: &str) -> Result<PgConnectOptions, sqlx::Error> {
         url.query_pairs_mut().extend_pairs(pairs.iter());
         PgConnectOptions::from_str(url.as_str()).map_err(|e| {
             let message = crate::error::sql(&e);
-            if message.contains("ssl_mode") {
-                config(format!("invalid key=value connection string: {message}; {}", url_hint(&message)))
-            } else {
-                config(format!("invalid key=value connection string: {message}"))
+            match sslmode_hint(&message) {
+                Some(hint) => config(format!("invalid key=value connection string: {message}; {hint}")),
+                None => config(format!("invalid key=value connection string: {message}")),
             }
         })
     } else {
