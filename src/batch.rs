@@ -566,18 +566,31 @@ pub async fn begin(
     lock_timeout: std::time::Duration,
     statement_timeout: std::time::Duration,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with(begin_sql(lock_timeout, statement_timeout)).await
+}
+
+/// [`begin`] on a connection the caller keeps between batches (a range worker's own).
+pub async fn begin_on(
+    conn: &mut sqlx::PgConnection,
+    lock_timeout: std::time::Duration,
+    statement_timeout: std::time::Duration,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    use sqlx::Connection as _;
+    conn.begin_with(begin_sql(lock_timeout, statement_timeout)).await
+}
+
+fn begin_sql(lock_timeout: std::time::Duration, statement_timeout: std::time::Duration) -> sqlx::AssertSqlSafe<String> {
     // Integers only: SET takes no bind parameters, and nothing from the spec reaches this string.
     // idle_in_transaction_session_timeout: if this client hangs or vanishes mid-batch (a half-open
     // connection), the server ends the session and releases the row locks instead of holding them
     // for the hours a TCP keepalive can take.
-    let begin = format!(
+    sqlx::AssertSqlSafe(format!(
         "BEGIN; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'; \
          SET LOCAL idle_in_transaction_session_timeout = '{}ms'; SET LOCAL synchronous_commit = off",
         lock_timeout.as_millis().max(1),
         statement_timeout.as_millis().max(1),
         IDLE_IN_BATCH_TIMEOUT.as_millis()
-    );
-    pool.begin_with(sqlx::AssertSqlSafe(begin)).await
+    ))
 }
 
 /// Run one batch over the slice after `cursor` (from the range start when `None`), up to `upper`:

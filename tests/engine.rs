@@ -902,3 +902,41 @@ async fn max_rate_caps_rows_per_second() {
     assert!(secs >= 1.8, "3,000 rows in {secs:.2}s is over max_rate 1000/s; log:\n{}", daemon.log());
     assert_eq!(histogram(&pool, "capped").await, vec![(1, 3000)]);
 }
+
+// ----- issue 9: a range worker's batches run on one backend -----
+
+#[tokio::test]
+async fn consecutive_batches_of_a_range_run_on_one_connection() {
+    // A statement-level trigger records the backend of every batch's UPDATE. The pool hands out
+    // its idle connections in turn, so batches that each took one from it ran on several backends,
+    // each with cold caches; the worker keeps its own between batches.
+    let (db, pool) = database(
+        "CREATE TABLE onebackend (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO onebackend (id) SELECT g FROM generate_series(1, 600) g;
+         CREATE TABLE batch_backends (at timestamptz NOT NULL DEFAULT clock_timestamp(), pid int NOT NULL);
+         CREATE FUNCTION public.note_backend() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO public.batch_backends (pid) VALUES (pg_backend_pid()); RETURN NULL; END $$;
+         CREATE TRIGGER note_backend AFTER UPDATE ON onebackend FOR EACH STATEMENT EXECUTE FUNCTION public.note_backend();",
+    )
+    .await;
+    let jobs = JobsDir::new();
+    // 30 batches, and a lag poll every 200 ms: the controller and the supervisor use and return
+    // pooled connections the whole time, so the pool has several idle ones to hand out.
+    jobs.write("onebackend", &spec("onebackend", "onebackend", 20, "  pause: 20ms\n"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    assert_eq!(exit_of(&mut daemon).code(), Some(0), "log:\n{}", daemon.log());
+    assert_eq!(histogram(&pool, "onebackend").await, vec![(1, 600)]);
+
+    let batches = count(&pool, "SELECT count(*) FROM batch_backends").await;
+    assert!(batches >= 30, "600 rows in batches of 20 are at least 30 UPDATEs, the trigger saw {batches}");
+    let backends: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT pid, count(*) FROM batch_backends GROUP BY pid ORDER BY min(at)")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        backends.len(),
+        1,
+        "one range, no errors: every batch on the worker's connection; (pid, batches): {backends:?}"
+    );
+}
