@@ -65,8 +65,10 @@ enum Method {
     Single,
     /// A server-side `DO` loop over 10,000-id ranges, one COMMIT per range.
     DoLoop,
-    /// A client loop of 1,000-row keyset batches, each its own transaction.
-    ClientLoop,
+    /// A client loop of keyset batches of `rows` rows, each its own transaction, on one
+    /// connection: 1,000 rows as teams write it by hand, 10,000 as pgbackfill's statements at that
+    /// size with nothing else around them.
+    ClientLoop { rows: i64 },
     /// pgbackfill with these `batch:` settings (YAML flow mapping, or empty for the defaults).
     /// `throttle`: extra `throttle:` settings (YAML flow-mapping entries), besides `max_lag: 1h`.
     Pgbackfill { label: &'static str, concurrency: usize, batch: &'static str, throttle: &'static str },
@@ -83,7 +85,7 @@ impl Method {
         match self {
             Method::Single => "single".into(),
             Method::DoLoop => "DO loop".into(),
-            Method::ClientLoop => "client 1k".into(),
+            Method::ClientLoop { rows } => format!("client {}k", rows / 1000),
             Method::Pgbackfill { label, .. } => {
                 label.replace("pgbackfill ", "").replace(", ", " ").replace("-row batches", "").replace(" batches", "")
             }
@@ -94,7 +96,7 @@ impl Method {
         match self {
             Method::Single => "single statement".into(),
             Method::DoLoop => "DO loop, 10k-id ranges".into(),
-            Method::ClientLoop => "client loop, 1k-row batches".into(),
+            Method::ClientLoop { rows } => format!("client loop, {}k-row batches", rows / 1000),
             Method::Pgbackfill { label, .. } => (*label).into(),
         }
     }
@@ -115,7 +117,8 @@ fn all_methods() -> Vec<Method> {
     vec![
         Method::Single,
         Method::DoLoop,
-        Method::ClientLoop,
+        Method::ClientLoop { rows: 1000 },
+        Method::ClientLoop { rows: 10_000 },
         Method::pgbackfill("pgbackfill c=1, 10k-row batches", 1, "{size: 10000}"),
         Method::pgbackfill("pgbackfill c=2, 10k-row batches", 2, "{size: 10000}"),
         Method::pgbackfill("pgbackfill c=1, 2k-row batches", 1, "{size: 2000}"),
@@ -169,22 +172,25 @@ async fn run_method(env: &Env, method: &Method, table: &str) -> Run {
             .await;
             Run { secs: start.elapsed().as_secs_f64(), ..Run::default() }
         }
-        Method::ClientLoop => {
+        Method::ClientLoop { rows } => {
+            // One connection, as a hand-written loop has: the pool would hand each statement
+            // another backend in turn, whose caches are cold (see `worker::WorkerConnection`).
+            let mut conn = pool.acquire().await.expect("client loop: connection");
             let start = Instant::now();
             let mut cursor: i64 = 0;
-            let next = format!("SELECT max(id) FROM (SELECT id FROM {table} WHERE id > $1 ORDER BY id LIMIT 1000) s");
+            let next = format!("SELECT max(id) FROM (SELECT id FROM {table} WHERE id > $1 ORDER BY id LIMIT {rows}) s");
             let update = format!("UPDATE {table} SET channel = 'web' WHERE id > $1 AND id <= $2 AND channel IS NULL");
             loop {
                 let last: Option<i64> = sqlx::query_scalar(AssertSqlSafe(next.as_str()))
                     .bind(cursor)
-                    .fetch_one(pool)
+                    .fetch_one(&mut *conn)
                     .await
                     .expect("client loop: next slice");
                 let Some(last) = last else { break };
                 sqlx::query(AssertSqlSafe(update.as_str()))
                     .bind(cursor)
                     .bind(last)
-                    .execute(pool)
+                    .execute(&mut *conn)
                     .await
                     .expect("client loop: update");
                 cursor = last;
