@@ -1351,6 +1351,10 @@ async fn flatness(env: &Env, rows: usize) {
         ),
     )
     .await;
+    // `BENCH_FLAT_AUTOVACUUM=off`: without autovacuum on the table, for a run that tells its share.
+    if std::env::var("BENCH_FLAT_AUTOVACUUM").is_ok_and(|v| v == "off") {
+        exec(&env.pool, "ALTER TABLE flat SET (autovacuum_enabled = off)").await;
+    }
     exec(&env.pool, "VACUUM ANALYZE flat").await;
     env.settle().await;
     let spec = "name: flat\ntable: flat\nset:\n  channel: \"'web'\"\nwhere: channel IS NULL\n\
@@ -1419,7 +1423,37 @@ async fn flatness(env: &Env, rows: usize) {
         d.secs,
         last / first
     );
+    // Every tenth, to tell a cursor that slows with progress (time rising throughout) from a
+    // change of the server's state partway (a step, e.g. once shared buffers hold no clean pages).
+    let tenths: Vec<(f64, String)> = (0..10)
+        .map(|t| {
+            let (from, to) = (t * ms.len() / 10, ((t + 1) * ms.len() / 10).max(t * ms.len() / 10 + 1).min(ms.len()));
+            let written = match (window_written(&samples, &ends, from, to.saturating_sub(1)), to > from) {
+                (Some((w, vacuuming)), true) => format!("{w:.0} / {:.0}%", vacuuming * 100.0),
+                _ => "–".into(),
+            };
+            (mean(&ms[from.min(ms.len())..to]), written)
+        })
+        .collect();
+    println!(
+        "\nEach tenth of the batches, in order: mean ms per batch / buffers written by backends per batch / \
+         time autovacuum ran on the table.\n"
+    );
+    println!("| {} |", (1..=10).map(|t| format!("{t}")).collect::<Vec<_>>().join(" | "));
+    println!("|{}", "---|".repeat(10));
+    println!("| {} |", tenths.iter().map(|(m, w)| format!("{m:.1} / {w}")).collect::<Vec<_>>().join(" | "));
     exec(&env.pool, "DROP TABLE flat").await;
+}
+
+/// Buffers written by backends per batch between the ends of batches `from` and `to`, and the
+/// share of that time autovacuum worked on the table, from the flatness sampler's
+/// `(epoch, buffers_backend, vacuuming)` readings.
+fn window_written(samples: &[(f64, i64, bool)], ends: &[f64], from: usize, to: usize) -> Option<(f64, f64)> {
+    let (a, b) = (ends.get(from)?, ends.get(to)?);
+    let inside: Vec<&(f64, i64, bool)> = samples.iter().filter(|s| s.0 >= *a && s.0 <= *b).collect();
+    let (x, y) = (inside.first()?, inside.last()?);
+    let vacuuming = inside.iter().filter(|s| s.2).count() as f64 / inside.len() as f64;
+    Some(((y.1 - x.1) as f64 / (to - from).max(1) as f64, vacuuming))
 }
 
 // ----- 5. footprint -----
