@@ -132,6 +132,11 @@ enum Step {
     Lost,
     /// Stop requested (pause, shutdown) while the batch waited for a connection: it never began.
     Cancelled,
+    /// BEGIN failed on the connection kept from the previous batch (the server ended that session
+    /// meanwhile: a restart, `pg_terminate_backend`, a timeout): nothing began, so the batch is
+    /// tried again at once on a connection from the pool, which checks it first, as it would have
+    /// been had the worker not kept one.
+    StaleConnection(sqlx::Error),
     /// The lag read at the start of the batch crossed a limit: nothing was written.
     Held {
         reason: String,
@@ -224,6 +229,10 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
                 }
             }
             Ok(Step::Cancelled) => break RangeOutcome::Stopped,
+            Ok(Step::StaleConnection(err)) => {
+                tracing::debug!(job = %name, range = claim.range_no, error = %err, "the kept connection is gone; taking another");
+                conn.close();
+            }
             Ok(Step::Held { reason, signal, kind }) => {
                 tracing::debug!(job = %name, range = claim.range_no, reason = %reason, "held by the lag read at batch start");
                 gate.hold();
@@ -351,12 +360,16 @@ async fn one_batch(
     let mut lap = Instant::now();
     // Waiting for a connection (the database may be unreachable for a while) is not yet a batch in
     // flight: a pause or shutdown in the meantime must not let it start once the database is back.
-    let conn = tokio::select! {
+    let (conn, kept) = tokio::select! {
         biased;
         _ = cancel.cancelled() => return Ok(Step::Cancelled),
         conn = conn.get(&ctx.pool) => conn?,
     };
-    let mut tx = batch::begin_on(conn, t.lock, t.statement).await?;
+    let mut tx = match batch::begin_on(conn, t.lock, t.statement).await {
+        Ok(tx) => tx,
+        Err(e) if kept => return Ok(Step::StaleConnection(e)),
+        Err(e) => return Err(e),
+    };
     phases.begin = Phases::lap(&mut lap);
     let Some(locked) = ctx.progress.lock_range(&mut tx, claim).await.map_err(db_error)? else {
         return Ok(Step::Lost);
@@ -409,8 +422,10 @@ async fn one_batch(
 /// each backend's caches (the heap page it was filling, plans, catalog entries, the CPU's) being
 /// cold for every batch. Kept only while batches come back to back: after a rest, a throttle hold
 /// or a pause of [`Self::KEEP_IDLE`] or more, the next batch takes one from the pool again, which
-/// checks it is alive (the server may have restarted or ended idle sessions meanwhile). After a
-/// failure it is dropped, and closed unless the server answered with an error.
+/// checks it is alive. Should the server have ended the kept session anyway (a restart,
+/// `pg_terminate_backend`), its BEGIN fails and the batch is tried again at once on one from the
+/// pool, instead of counting as a failed batch. After a failure it is dropped, and closed unless
+/// the server answered with an error.
 struct WorkerConnection {
     conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
     idle_since: Instant,
@@ -425,13 +440,15 @@ impl Default for WorkerConnection {
 impl WorkerConnection {
     const KEEP_IDLE: Duration = Duration::from_secs(1);
 
-    async fn get(&mut self, pool: &PgPool) -> Result<&mut sqlx::PgConnection, sqlx::Error> {
+    /// The connection for the next batch, and whether it is the previous batch's (`true`) rather
+    /// than one the pool just checked.
+    async fn get(&mut self, pool: &PgPool) -> Result<(&mut sqlx::PgConnection, bool), sqlx::Error> {
         let kept = self.conn.take().filter(|_| self.idle_since.elapsed() < Self::KEEP_IDLE);
-        let conn = match kept {
-            Some(conn) => conn,
-            None => pool.acquire().await?,
+        let (conn, was_kept) = match kept {
+            Some(conn) => (conn, true),
+            None => (pool.acquire().await?, false),
         };
-        Ok(&mut **self.conn.insert(conn))
+        Ok((&mut **self.conn.insert(conn), was_kept))
     }
 
     /// A batch committed on it: the idle time starts now.
@@ -443,14 +460,20 @@ impl WorkerConnection {
         self.conn = None;
     }
 
+    fn close(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.close_on_drop();
+        }
+    }
+
     /// After a failed batch. An error the server sent leaves a sound session (the batch rolls back
     /// on it, and the pool takes it back); any other (I/O, a timeout with the batch's future
     /// dropped mid-exchange) may leave it half-open or mid-message, so it is closed.
     fn discard(&mut self, err: &sqlx::Error) {
-        if let Some(mut conn) = self.conn.take()
-            && !matches!(err, sqlx::Error::Database(_))
-        {
-            conn.close_on_drop();
+        if matches!(err, sqlx::Error::Database(_)) {
+            self.release();
+        } else {
+            self.close();
         }
     }
 }

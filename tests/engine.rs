@@ -922,7 +922,8 @@ async fn consecutive_batches_of_a_range_run_on_one_connection() {
     let jobs = JobsDir::new();
     // 30 batches, and a lag poll every 200 ms: the controller and the supervisor use and return
     // pooled connections the whole time, so the pool has several idle ones to hand out.
-    jobs.write("onebackend", &spec("onebackend", "onebackend", 20, "  pause: 20ms\n"));
+    // No throttle: a hold hands the connection back, and a loaded standby may lag.
+    jobs.write("onebackend", &spec("onebackend", "onebackend", 20, "  pause: 20ms\nthrottle: {max_lag: 1h}\n"));
     let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
     assert_eq!(exit_of(&mut daemon).code(), Some(0), "log:\n{}", daemon.log());
     assert_eq!(histogram(&pool, "onebackend").await, vec![(1, 600)]);
@@ -939,4 +940,50 @@ async fn consecutive_batches_of_a_range_run_on_one_connection() {
         1,
         "one range, no errors: every batch on the worker's connection; (pid, batches): {backends:?}"
     );
+}
+
+#[tokio::test]
+async fn a_kept_connection_ended_between_batches_is_replaced_without_a_failed_batch() {
+    // The worker keeps its connection between batches; when the server ends that session while
+    // it is idle (a restart, pg_terminate_backend), the next batch must not fail on it.
+    let (db, pool) = database(
+        "CREATE TABLE ended (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO ended (id) SELECT g FROM generate_series(1, 300) g;
+         CREATE TABLE ended_backends (at timestamptz NOT NULL DEFAULT clock_timestamp(), pid int NOT NULL);
+         CREATE FUNCTION public.note_ended_backend() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO public.ended_backends (pid) VALUES (pg_backend_pid()); RETURN NULL; END $$;
+         CREATE TRIGGER note_backend AFTER UPDATE ON ended FOR EACH STATEMENT EXECUTE FUNCTION public.note_ended_backend();",
+    )
+    .await;
+    let jobs = JobsDir::new();
+    // 30 batches 300 ms apart: the connection is kept (idle under a second) and idle nearly always.
+    jobs.write("ended", &spec("ended", "ended", 10, "  pause: 300ms\nthrottle: {max_lag: 1h}\n"));
+    let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
+    // End the worker's session three times, each while it waits between batches.
+    let mut ended: Vec<i32> = Vec::new();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while ended.len() < 3 && std::time::Instant::now() < deadline {
+        let pid: Option<i32> = sqlx::query_scalar(
+            // CASE: AND does not fix the order its operands are evaluated in.
+            "SELECT a.pid FROM pg_stat_activity a
+             WHERE CASE WHEN a.pid = (SELECT pid FROM ended_backends ORDER BY at DESC LIMIT 1) AND a.state = 'idle'
+                        THEN pg_terminate_backend(a.pid) ELSE false END",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid
+            && !ended.contains(&pid)
+        {
+            ended.push(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(exit_of(&mut daemon).code(), Some(0), "log:\n{}", daemon.log());
+    assert_eq!(ended.len(), 3, "the worker's session was never idle to end: {ended:?}; log:\n{}", daemon.log());
+    assert_eq!(histogram(&pool, "ended").await, vec![(1, 300)]);
+    let log = daemon.log();
+    assert!(!log.contains("batch failed"), "a session ended while idle made a batch fail:\n{log}");
+    let j = job_now(&pool, "ended").await;
+    assert_eq!((j.state.as_str(), j.rows_updated), ("completed", 300), "{j:?}");
 }
