@@ -1399,11 +1399,8 @@ async fn flatness(env: &Env, rows: usize) {
         .map(|t| t.timestamp_micros() as f64 / 1e6)
         .collect();
     let window = |from: usize, to: usize| -> String {
-        let (Some(a), Some(b)) = (ends.get(from), ends.get(to)) else { return "–".into() };
-        let inside: Vec<&(f64, i64, bool)> = samples.iter().filter(|s| s.0 >= *a && s.0 <= *b).collect();
-        let (Some(x), Some(y)) = (inside.first(), inside.last()) else { return "–".into() };
-        let vacuuming = inside.iter().filter(|s| s.2).count() as f64 / inside.len() as f64;
-        format!("{:.0} / {:.0}%", (y.1 - x.1) as f64 / (to - from).max(1) as f64, vacuuming * 100.0)
+        window_written(&samples, &ends, from, to)
+            .map_or("–".into(), |(written, vacuuming)| format!("{written:.0} / {:.0}%", vacuuming * 100.0))
     };
     let n = ends.len();
     let (first_extra, last_extra) =
@@ -1427,12 +1424,9 @@ async fn flatness(env: &Env, rows: usize) {
     // change of the server's state partway (a step, e.g. once shared buffers hold no clean pages).
     let tenths: Vec<(f64, String)> = (0..10)
         .map(|t| {
-            let (from, to) = (t * ms.len() / 10, ((t + 1) * ms.len() / 10).max(t * ms.len() / 10 + 1).min(ms.len()));
-            let written = match (window_written(&samples, &ends, from, to.saturating_sub(1)), to > from) {
-                (Some((w, vacuuming)), true) => format!("{w:.0} / {:.0}%", vacuuming * 100.0),
-                _ => "–".into(),
-            };
-            (mean(&ms[from.min(ms.len())..to]), written)
+            let (from, to) = (t * ms.len() / 10, (t + 1) * ms.len() / 10);
+            let written = if to > from { window(from, to - 1) } else { "–".into() };
+            (mean(&ms[from..to]), written)
         })
         .collect();
     println!(

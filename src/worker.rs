@@ -236,7 +236,6 @@ pub async fn run_range(ctx: Context, job: Arc<Job>, claim: Claim, cancel: Cancel
             Ok(Step::Held { reason, signal, kind }) => {
                 tracing::debug!(job = %name, range = claim.range_no, reason = %reason, "held by the lag read at batch start");
                 gate.hold();
-                conn.release();
                 held = Some(Held { at: Instant::now(), reason, signal, kind });
             }
             Ok(Step::NotRunning(state)) => break RangeOutcome::NotRunning(state),

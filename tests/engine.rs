@@ -905,24 +905,30 @@ async fn max_rate_caps_rows_per_second() {
 
 // ----- issue 9: a range worker's batches run on one backend -----
 
+/// A database with `table` (`rows` rows of `n = 0`) whose every UPDATE statement records the
+/// backend that ran it in `batch_backends (at, pid)`.
+async fn database_noting_backends(table: &str, rows: i64) -> (TestDb, PgPool) {
+    database(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO {table} (id) SELECT g FROM generate_series(1, {rows}) g;
+         CREATE TABLE batch_backends (at timestamptz NOT NULL DEFAULT clock_timestamp(), pid int NOT NULL);
+         CREATE FUNCTION public.note_backend() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO public.batch_backends (pid) VALUES (pg_backend_pid()); RETURN NULL; END $$;
+         CREATE TRIGGER note_backend AFTER UPDATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION public.note_backend();"
+    ))
+    .await
+}
+
 #[tokio::test]
 async fn consecutive_batches_of_a_range_run_on_one_connection() {
     // A statement-level trigger records the backend of every batch's UPDATE. The pool hands out
     // its idle connections in turn, so batches that each took one from it ran on several backends,
     // each with cold caches; the worker keeps its own between batches.
-    let (db, pool) = database(
-        "CREATE TABLE onebackend (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
-         INSERT INTO onebackend (id) SELECT g FROM generate_series(1, 600) g;
-         CREATE TABLE batch_backends (at timestamptz NOT NULL DEFAULT clock_timestamp(), pid int NOT NULL);
-         CREATE FUNCTION public.note_backend() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN INSERT INTO public.batch_backends (pid) VALUES (pg_backend_pid()); RETURN NULL; END $$;
-         CREATE TRIGGER note_backend AFTER UPDATE ON onebackend FOR EACH STATEMENT EXECUTE FUNCTION public.note_backend();",
-    )
-    .await;
+    let (db, pool) = database_noting_backends("onebackend", 600).await;
     let jobs = JobsDir::new();
     // 30 batches, and a lag poll every 200 ms: the controller and the supervisor use and return
     // pooled connections the whole time, so the pool has several idle ones to hand out.
-    // No throttle: a hold hands the connection back, and a loaded standby may lag.
+    // No throttle: a loaded standby may lag, and a throttle hold may outlast the kept connection.
     jobs.write("onebackend", &spec("onebackend", "onebackend", 20, "  pause: 20ms\nthrottle: {max_lag: 1h}\n"));
     let mut daemon = Daemon::start(&db.url, jobs.path(), &["--exit-when-done"]);
     assert_eq!(exit_of(&mut daemon).code(), Some(0), "log:\n{}", daemon.log());
@@ -946,15 +952,7 @@ async fn consecutive_batches_of_a_range_run_on_one_connection() {
 async fn a_kept_connection_ended_between_batches_is_replaced_without_a_failed_batch() {
     // The worker keeps its connection between batches; when the server ends that session while
     // it is idle (a restart, pg_terminate_backend), the next batch must not fail on it.
-    let (db, pool) = database(
-        "CREATE TABLE ended (id int PRIMARY KEY, n int NOT NULL DEFAULT 0);
-         INSERT INTO ended (id) SELECT g FROM generate_series(1, 300) g;
-         CREATE TABLE ended_backends (at timestamptz NOT NULL DEFAULT clock_timestamp(), pid int NOT NULL);
-         CREATE FUNCTION public.note_ended_backend() RETURNS trigger LANGUAGE plpgsql AS
-             $$ BEGIN INSERT INTO public.ended_backends (pid) VALUES (pg_backend_pid()); RETURN NULL; END $$;
-         CREATE TRIGGER note_backend AFTER UPDATE ON ended FOR EACH STATEMENT EXECUTE FUNCTION public.note_ended_backend();",
-    )
-    .await;
+    let (db, pool) = database_noting_backends("ended", 300).await;
     let jobs = JobsDir::new();
     // 30 batches 300 ms apart: the connection is kept (idle under a second) and idle nearly always.
     jobs.write("ended", &spec("ended", "ended", 10, "  pause: 300ms\nthrottle: {max_lag: 1h}\n"));
@@ -966,7 +964,7 @@ async fn a_kept_connection_ended_between_batches_is_replaced_without_a_failed_ba
         let pid: Option<i32> = sqlx::query_scalar(
             // CASE: AND does not fix the order its operands are evaluated in.
             "SELECT a.pid FROM pg_stat_activity a
-             WHERE CASE WHEN a.pid = (SELECT pid FROM ended_backends ORDER BY at DESC LIMIT 1) AND a.state = 'idle'
+             WHERE CASE WHEN a.pid = (SELECT pid FROM batch_backends ORDER BY at DESC LIMIT 1) AND a.state = 'idle'
                         THEN pg_terminate_backend(a.pid) ELSE false END",
         )
         .fetch_optional(&pool)
